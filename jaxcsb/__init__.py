@@ -1,0 +1,14 @@
+"""jaxcsb: pruned neural-network layers in Compressed Sparse Blocks.
+
+One stored copy of a sparse weight matrix serves the forward product (A @ B), the input
+gradient (A.T @ B) and the weight gradient (SDDMM), through XLA custom calls on the CPU and
+on CUDA GPUs.
+"""
+
+from ._format import CSB
+from ._native import native_platforms
+from ._ops import csb_matmul, sddmm
+from ._smtx import load_smtx
+
+__all__ = ["CSB", "csb_matmul", "sddmm", "load_smtx", "native_platforms"]
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""The CSB matrix: a pytree holding one stored copy of a sparse matrix in Compressed Sparse
+Blocks, with constructors and conversions.
+
+Leaves: ``values`` (the only differentiable array, length nnz), ``block_ptr`` (int32, one entry
+per block + 1), ``local`` (uint16 position inside the block, row << 8 | col) and the two
+precomputed work-unit arrays (see ``_schedule``). Static metadata: the stored shape, the block
+size and whether this object is the transposed view of the stored matrix.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _build
+from ._dtypes import check_value_dtype
+from ._schedule import build_units
+
+
+def coordinates(block_ptr, local, stored_shape, block_size):
+    """Global (row, col) of every stored nonzero, as int32 arrays (works under jit)."""
+    nnz = local.shape[0]
+    block_cols = -(-stored_shape[1] // block_size)
+    nblocks = block_ptr.shape[0] - 1
+    block = jnp.repeat(
+        jnp.arange(nblocks, dtype=jnp.int32), jnp.diff(block_ptr), total_repeat_length=nnz
+    )
+    local = local.astype(jnp.int32)
+    row = (block // max(block_cols, 1)) * block_size + (local >> 8)
+    col = (block % max(block_cols, 1)) * block_size + (local & 0xFF)
+    return row, col
+
+
+@jax.tree_util.register_pytree_node_class
+class CSB:
+    """A sparse matrix in Compressed Sparse Blocks, stored once for A @ B, A.T @ B and SDDMM.
+
+    Build one with :meth:`fromdense`, :meth:`from_scipy_sparse`, :meth:`from_bcoo`,
+    :meth:`from_coo` or :func:`jaxcsb.load_smtx`. ``A.T`` is a view: it shares every array.
+
+    >>> import numpy as np, jaxcsb
+    >>> w = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
+    >>> A = jaxcsb.CSB.fromdense(w)
+    >>> A.shape, A.nnz, A.block_size
+    ((2, 2), 2, 16)
+    """
+
+    # numpy defers `ndarray @ CSB` to CSB.__rmatmul__ instead of building an object array.
+    __array_ufunc__ = None
+
+    def __init__(
+        self,
+        values,
+        block_ptr,
+        local,
+        row_units,
+        col_units,
+        *,
+        stored_shape: tuple[int, int],
+        block_size: int,
+        transposed: bool = False,
+    ):
+        self.values = values
+        self.block_ptr = block_ptr
+        self.local = local
+        self.row_units = row_units
+        self.col_units = col_units
+        self.stored_shape = (int(stored_shape[0]), int(stored_shape[1]))
+        self.block_size = int(block_size)
+        self.transposed = bool(transposed)
+
+    # pytree protocol --------------------------------------------------------------------------
+    def tree_flatten(self):
+        children = (self.values, self.block_ptr, self.local, self.row_units, self.col_units)
+        return children, (self.stored_shape, self.block_size, self.transposed)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        stored_shape, block_size, transposed = aux
+        return cls(
+            *children, stored_shape=stored_shape, block_size=block_size, transposed=transposed
+        )
+
+    # properties -------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.stored_shape
+        return (cols, rows) if self.transposed else (rows, cols)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[-1])
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def T(self) -> CSB:
+        children, (stored_shape, block_size, transposed) = self.tree_flatten()
+        return CSB.tree_unflatten((stored_shape, block_size, not transposed), children)
+
+    def transpose(self) -> CSB:
+        return self.T
+
+    def __repr__(self):
+        return (
+            f"CSB(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, "
+            f"block_size={self.block_size}{', transposed view' if self.transposed else ''})"
+        )
+
+    # values -----------------------------------------------------------------------------------
+    def with_values(self, values) -> CSB:
+        """The same structure with new values (length nnz, a supported dtype)."""
+        if not hasattr(values, "shape") or not hasattr(values, "dtype"):
+            values = jnp.asarray(values)
+        if tuple(values.shape) != (self.nnz,):
+            raise ValueError(f"values must have shape ({self.nnz},), got {tuple(values.shape)}")
+        check_value_dtype(values.dtype, "values")
+        children, aux = self.tree_flatten()
+        return CSB.tree_unflatten(aux, (values, *children[1:]))
+
+    def astype(self, dtype) -> CSB:
+        return self.with_values(self.values.astype(check_value_dtype(dtype, "dtype")))
+
+    # conversions ------------------------------------------------------------------------------
+    def coordinates(self):
+        """Global (row, col) of every nonzero in this matrix's (logical) orientation."""
+        row, col = coordinates(self.block_ptr, self.local, self.stored_shape, self.block_size)
+        return (col, row) if self.transposed else (row, col)
+
+    def todense(self):
+        row, col = self.coordinates()
+        return jnp.zeros(self.shape, self.dtype).at[row, col].set(self.values)
+
+    def to_bcoo(self):
+        from jax.experimental import sparse
+
+        row, col = self.coordinates()
+        indices = jnp.stack([row, col], axis=1)
+        return sparse.BCOO(
+            (self.values, indices), shape=self.shape, indices_sorted=False, unique_indices=True
+        )
+
+    def to_scipy_sparse(self):
+        import scipy.sparse
+
+        row, col = (np.asarray(a) for a in self.coordinates())
+        return scipy.sparse.coo_matrix((np.asarray(self.values), (row, col)), shape=self.shape)
+
+    # constructors -----------------------------------------------------------------------------
+    @classmethod
+    def from_coo(cls, row, col, values, shape, *, block_size=None, dtype=None) -> CSB:
+        """From coordinate triplets. Duplicate coordinates raise ValueError."""
+        values, block_ptr, local, beta = _build.csb_arrays_from_coo(
+            row, col, values, shape, block_size, dtype
+        )
+        rows, cols = _build.check_shape(shape)
+        row_units, col_units = build_units(block_ptr, -(-rows // beta), -(-cols // beta), beta)
+        return cls(
+            jnp.asarray(values),
+            jnp.asarray(block_ptr),
+            jnp.asarray(local),
+            jnp.asarray(row_units),
+            jnp.asarray(col_units),
+            stored_shape=(rows, cols),
+            block_size=beta,
+        )
+
+    @classmethod
+    def fromdense(cls, w, mask=None, *, block_size=None, dtype=None) -> CSB:
+        """From a dense 2-D array. Without ``mask`` the nonzeros of ``w`` are kept; with a mask
+        the pattern is exactly the mask's True entries, explicit zeros inside it included."""
+        w = np.asarray(w)
+        if w.ndim != 2:
+            raise ValueError(f"w must be a 2-D array, got shape {w.shape}")
+        if mask is None:
+            keep = w != 0
+        else:
+            keep = np.asarray(mask)
+            if keep.shape != w.shape:
+                raise ValueError(f"mask must have the shape of w {w.shape}, got {keep.shape}")
+            keep = keep.astype(bool)
+        row, col = np.nonzero(keep)
+        return cls.from_coo(row, col, w[row, col], w.shape, block_size=block_size, dtype=dtype)
+
+    @classmethod
+    def from_scipy_sparse(cls, m, *, block_size=None, dtype=None) -> CSB:
+        """From any scipy.sparse matrix or array. Explicitly stored zeros stay in the pattern;
+        duplicate entries (possible in COO) raise ValueError."""
+        if not hasattr(m, "tocoo"):
+            raise ValueError(f"m must be a scipy.sparse matrix, got {type(m).__name__}")
+        coo = m.tocoo()
+        return cls.from_coo(
+            coo.row, coo.col, coo.data, coo.shape, block_size=block_size, dtype=dtype
+        )
+
+    @classmethod
+    def from_bcoo(cls, m, *, block_size=None, dtype=None) -> CSB:
+        """From a jax.experimental.sparse BCOO (or BCSR) matrix without batch or dense
+        dimensions. Duplicate indices raise ValueError."""
+        from jax.experimental import sparse
+
+        if isinstance(m, sparse.BCSR):
+            m = m.to_bcoo()
+        if not isinstance(m, sparse.BCOO):
+            raise ValueError(f"m must be a jax.experimental.sparse BCOO, got {type(m).__name__}")
+        if m.n_batch or m.n_dense or m.ndim != 2:
+            raise ValueError(
+                f"m must be a 2-D BCOO with no batch or dense dimensions, got n_batch="
+                f"{m.n_batch}, n_dense={m.n_dense}, shape={m.shape}"
+            )
+        indices = np.asarray(m.indices)
+        return cls.from_coo(
+            indices[:, 0],
+            indices[:, 1],
+            np.asarray(m.data),
+            m.shape,
+            block_size=block_size,
+            dtype=dtype,
+        )
+
+    # products ---------------------------------------------------------------------------------
+    def __matmul__(self, other):
+        from ._ops import csb_matmul
+
+        return csb_matmul(self, other)
+
+    def __rmatmul__(self, other):
+        from ._ops import csb_matmul
+
+        return csb_matmul(other, self)

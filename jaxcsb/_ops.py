@@ -1,0 +1,283 @@
+"""csb_matmul and sddmm: validation, dispatch to the native kernels, and gradients.
+
+Gradients (S stored, out = op(S) @ D, g = d loss / d out):
+  d D      = op(S)^T @ g                 the same kernel with op flipped, from the same copy
+  d values = SDDMM: for out = S @ D,  dS = g @ D^T at S's nonzeros; for out = S^T @ D,
+             dS = D @ g^T at S's nonzeros (and the same with rows and columns swapped for the
+             batch-leading layout). Index arrays get no gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _native, _reference
+from ._dtypes import check_value_dtype
+from ._format import CSB
+from ._problem import Sddmm, Spmm
+
+IMPLS = ("auto", "native", "jax")
+
+
+def _check_impl(impl):
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+# --- dispatch --------------------------------------------------------------------------------
+
+
+def _dispatch(impl, reference, native):
+    """Runs ``native`` on platforms with a registered target and ``reference`` elsewhere."""
+    if impl == "jax":
+        return reference()
+    if impl == "native":
+        return native()
+    _native.warn_if_no_native_target()
+    branches = {platform: native for platform in _native.native_platforms()}
+    return jax.lax.platform_dependent(default=reference, **branches)
+
+
+def _spmm_forward(p: Spmm, values, dense, block_ptr, local, units):
+    n = dense.shape[0] if p.batch_leading else dense.shape[1]
+    out_shape = p.out_shape(n)
+    if values.shape[0] == 0 or dense.size == 0 or math.prod(out_shape) == 0:
+        return jnp.zeros(out_shape, values.dtype)
+
+    def native():
+        call = jax.ffi.ffi_call(
+            _native.SPMM_TARGET,
+            jax.ShapeDtypeStruct(out_shape, values.dtype),
+            vmap_method="sequential",
+        )
+        return call(
+            block_ptr,
+            local,
+            values,
+            units,
+            dense,
+            rows=np.int64(p.stored_shape[0]),
+            cols=np.int64(p.stored_shape[1]),
+            block_size=np.int64(p.block_size),
+            transpose=bool(p.transpose),
+            batch_leading=bool(p.batch_leading),
+        )
+
+    def reference():
+        return _reference.spmm(p, values, dense, block_ptr, local)
+
+    return _dispatch(p.impl, reference, native)
+
+
+def _sddmm_forward(p: Sddmm, lhs, rhs, block_ptr, local):
+    nnz = local.shape[0]
+    n = lhs.shape[0] if p.lhs_transposed else lhs.shape[1]
+    if nnz == 0 or n == 0:
+        return jnp.zeros((nnz,), lhs.dtype)
+
+    def native():
+        call = jax.ffi.ffi_call(
+            _native.SDDMM_TARGET,
+            jax.ShapeDtypeStruct((nnz,), lhs.dtype),
+            vmap_method="sequential",
+        )
+        return call(
+            block_ptr,
+            local,
+            lhs,
+            rhs,
+            rows=np.int64(p.stored_shape[0]),
+            cols=np.int64(p.stored_shape[1]),
+            block_size=np.int64(p.block_size),
+            lhs_transposed=bool(p.lhs_transposed),
+            rhs_transposed=bool(p.rhs_transposed),
+        )
+
+    def reference():
+        return _reference.sddmm(p, lhs, rhs, block_ptr, local)
+
+    return _dispatch(p.impl, reference, native)
+
+
+# --- SpMM with its gradient ------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _spmm(p: Spmm, values, dense, block_ptr, local, row_units, col_units):
+    units = col_units if p.transpose else row_units
+    return _spmm_forward(p, values, dense, block_ptr, local, units)
+
+
+def _spmm_fwd(p, values, dense, block_ptr, local, row_units, col_units):
+    out = _spmm(p, values, dense, block_ptr, local, row_units, col_units)
+    return out, (values, dense, block_ptr, local, row_units, col_units)
+
+
+def _spmm_bwd(p: Spmm, residuals, g):
+    values, dense, block_ptr, local, row_units, col_units = residuals
+    g = g.astype(values.dtype)
+    d_dense = _spmm(p.flipped(), values, g, block_ptr, local, row_units, col_units)
+    # dS[i, j] = sum_n L[i, n] R[n, j]: which of g and D plays L depends on the direction,
+    # and the layout says whether each is stored with n leading.
+    lhs, rhs = (dense, g) if p.transpose else (g, dense)
+    q = Sddmm(p.stored_shape, p.block_size, p.batch_leading, not p.batch_leading, p.impl)
+    d_values = _sddmm(q, lhs, rhs, block_ptr, local, row_units, col_units)
+    return d_values, d_dense, None, None, None, None
+
+
+_spmm.defvjp(_spmm_fwd, _spmm_bwd)
+
+
+# --- SDDMM with its gradient -----------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sddmm(q: Sddmm, lhs, rhs, block_ptr, local, row_units, col_units):
+    return _sddmm_forward(q, lhs, rhs, block_ptr, local)
+
+
+def _sddmm_fwd(q, lhs, rhs, block_ptr, local, row_units, col_units):
+    out = _sddmm(q, lhs, rhs, block_ptr, local, row_units, col_units)
+    return out, (lhs, rhs, block_ptr, local, row_units, col_units)
+
+
+def _sddmm_bwd(q: Sddmm, residuals, g):
+    # out_e = sum_n L[i_e, n] R[n, j_e], so with G the sparse matrix of the cotangents on S's
+    # pattern, dL = G @ R^T and dR = L^T @ G: two SpMMs from the same structure. Each SpMM
+    # reads its dense operand in the layout it has and the result is transposed (if needed)
+    # to its operand's layout.
+    lhs, rhs, block_ptr, local, row_units, col_units = residuals
+    g = g.astype(lhs.dtype)
+    units = (block_ptr, local, row_units, col_units)
+    # dL[i, n] = sum_j G[i, j] R[n, j]; R is (cols, n) when rhs_transposed, else (n, cols).
+    p = Spmm(q.stored_shape, q.block_size, False, not q.rhs_transposed, q.impl)
+    d_lhs = _spmm(p, g, rhs, *units)
+    if p.batch_leading != q.lhs_transposed:
+        d_lhs = d_lhs.T
+    # dR[n, j] = sum_i G[i, j] L[i, n]; L is (n, rows) when lhs_transposed, else (rows, n).
+    p = Spmm(q.stored_shape, q.block_size, True, q.lhs_transposed, q.impl)
+    d_rhs = _spmm(p, g, lhs, *units)
+    if p.batch_leading == q.rhs_transposed:
+        d_rhs = d_rhs.T
+    return d_lhs, d_rhs, None, None, None, None
+
+
+_sddmm.defvjp(_sddmm_fwd, _sddmm_bwd)
+
+
+# --- public API ------------------------------------------------------------------------------
+
+
+def _dense_operand(x, name):
+    if isinstance(x, CSB):
+        raise ValueError(f"{name} must be a dense array: exactly one operand may be a CSB matrix")
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    return x
+
+
+def _check_same_dtype(a: CSB, x, name):
+    check_value_dtype(x.dtype, name)
+    if x.dtype != a.dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the CSB values have dtype {a.dtype}: "
+            f"convert one of them (A.astype(...) or x.astype(...))"
+        )
+
+
+def csb_matmul(a, b, *, impl: str = "auto"):
+    """Matrix product with exactly one operand a :class:`CSB` matrix.
+
+    * ``A @ B``: A (m, k) sparse (``A`` or a view ``A.T``), B (k, n) dense -> (m, n).
+    * ``X @ A``: X (..., m) dense with any leading batch dimensions, A (m, k) -> (..., k).
+      X is read in its own layout (no transpose of the activations).
+
+    Values and the dense operand share one dtype (float32, bfloat16 or float16); accumulation
+    is float32 and the result has the input dtype. Differentiable in the values and the dense
+    operand (``jax.custom_vjp``: the transposed product and SDDMM, from the same stored copy).
+
+    ``impl``: ``"auto"`` (native kernels where registered, pure JAX elsewhere), ``"native"``
+    or ``"jax"`` (the pure-JAX reference).
+    """
+    _check_impl(impl)
+    if isinstance(a, CSB) == isinstance(b, CSB):
+        raise ValueError(
+            f"csb_matmul needs exactly one CSB operand, got {type(a).__name__} and "
+            f"{type(b).__name__}"
+        )
+    sparse_left = isinstance(a, CSB)
+    A = a if sparse_left else b
+    x = _dense_operand(b if sparse_left else a, "b" if sparse_left else "a")
+    name = "b" if sparse_left else "a"
+    _check_same_dtype(A, x, name)
+    m, k = A.shape
+    if sparse_left:
+        if x.ndim != 2:
+            raise ValueError(f"b must be a 2-D array (k, n) for A @ b, got shape {x.shape}")
+        if x.shape[0] != k:
+            raise ValueError(
+                f"inner dimensions differ: A has shape {A.shape}, so b needs {k} rows, "
+                f"got b.shape={x.shape}"
+            )
+        dense = x
+    else:
+        if x.ndim < 2:
+            raise ValueError(
+                f"a must have rank 2 or more (..., {m}) for a @ A, got shape {x.shape}"
+            )
+        if x.shape[-1] != m:
+            raise ValueError(
+                f"inner dimensions differ: A has shape {A.shape}, so a needs a last "
+                f"dimension of {m}, got a.shape={x.shape}"
+            )
+        dense = x.reshape(-1, m)
+    p = Spmm(
+        stored_shape=A.stored_shape,
+        block_size=A.block_size,
+        transpose=A.transposed != (not sparse_left),
+        batch_leading=not sparse_left,
+        impl=impl,
+    )
+    out = _spmm(p, A.values, dense, A.block_ptr, A.local, A.row_units, A.col_units)
+    if not sparse_left:
+        out = out.reshape(*x.shape[:-1], k)
+    return out
+
+
+def sddmm(a, b, pattern: CSB, *, impl: str = "auto") -> CSB:
+    """Sampled dense-dense product: the values of ``a @ b`` at ``pattern``'s nonzeros.
+
+    ``a`` is (m, n) and ``b`` is (n, k) for a pattern of shape (m, k); returns a CSB with the
+    pattern's structure (and orientation) holding those values. Differentiable in ``a`` and
+    ``b``.
+    """
+    _check_impl(impl)
+    if not isinstance(pattern, CSB):
+        raise ValueError(f"pattern must be a CSB matrix, got {type(pattern).__name__}")
+    a = _dense_operand(a, "a")
+    b = _dense_operand(b, "b")
+    _check_same_dtype(pattern, a, "a")
+    _check_same_dtype(pattern, b, "b")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"a and b must be 2-D, got a.shape={a.shape}, b.shape={b.shape}")
+    m, k = pattern.shape
+    if a.shape[0] != m or b.shape[1] != k or a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"a @ b must have the pattern's shape {pattern.shape} with matching inner "
+            f"dimensions, got a.shape={a.shape}, b.shape={b.shape}"
+        )
+    if pattern.transposed:
+        # The pattern is S^T: (a @ b)[j, i] at S's (i, j) is sum_n b^T[i, n] a^T[n, j].
+        lhs, rhs, lhs_t, rhs_t = b, a, True, True
+    else:
+        lhs, rhs, lhs_t, rhs_t = a, b, False, False
+    q = Sddmm(pattern.stored_shape, pattern.block_size, lhs_t, rhs_t, impl)
+    values = _sddmm(
+        q, lhs, rhs, pattern.block_ptr, pattern.local, pattern.row_units, pattern.col_units
+    )
+    return pattern.with_values(values)
