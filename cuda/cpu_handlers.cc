@@ -23,8 +23,8 @@ ffi::Future ready(ffi::Error error = ffi::Error::Success()) {
   return future;
 }
 
-// A few slices per thread even out the cost estimate's errors.
-int64_t slice_count(ffi::ThreadPool& pool) { return std::max<int64_t>(1, 4 * pool.num_threads()); }
+// One slice per thread: the cost estimate is close, and every slice stages its own slabs.
+int64_t slice_count(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
 
 // Runs body(begin, end) for every slice [bounds[i], bounds[i + 1]) on the thread pool.
 template <typename Body>

@@ -1,10 +1,17 @@
 // CPU SpMM: out = op(S) * D for S in CSB, both directions from the one stored copy.
 //
-// A work item is one line (a block-row of op(S)) times one tile of the n columns. Its output
-// rows accumulate in a float32 buffer of block_size x tile_width; each nonempty block of the
-// line stages its slice of D as float32 rows (converting and, for the batch-leading layout,
-// transposing once per block rather than once per nonzero) and every nonzero of the block adds
-// a scaled staged row to its output row: an axpy over the tile that the compiler vectorises.
+// A work item is one line (a block-row of op(S)) times one tile of the n columns. The line's
+// output rows accumulate in a float32 buffer of block_size x tile_width. For each nonempty
+// block of the line the kernel
+//   1. points at the block's slice of D as float32 rows of the tile width (float32 row-major D
+//      in place; other types and the batch-leading layout are converted/transposed into a
+//      staging buffer once per block, not once per nonzero),
+//   2. groups the block's nonzeros by output row (the stored order already does this for the
+//      forward direction; the transposed direction counting-sorts them by local column, O(nnz)
+//      against O(nnz * width) arithmetic), and
+//   3. for each output row keeps a 64-wide slice of it in registers while all of the row's
+//      nonzeros add their scaled dense rows, so the accumulator is loaded and stored once per
+//      row instead of once per nonzero.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -15,8 +22,15 @@
 namespace jaxcsb::cpu {
 namespace {
 
-// Keeps the accumulator and the staged tile at 64 KiB each, so both stay in L2.
-int64_t tile_width(int32_t block_size) { return std::max<int64_t>(16, 16384 / block_size); }
+// Columns kept in registers per output row: 8 AVX2 (4 AVX-512) registers, enough independent
+// accumulators to hide the fused multiply-add latency.
+constexpr int64_t kChunk = 64;
+
+// Columns per work item. Wider tiles amortise the per-block work (staging, looping over
+// segments) over more arithmetic; on one AVX-512 core, 2048 x 512 at 90% sparsity with
+// n = 256 ran at 18 GFLOP/s with 64 columns, 26 with 128 and 28 with 256. The accumulator
+// then takes block_size KiB (L2).
+int64_t tile_width(int32_t) { return 256; }
 
 int64_t num_tiles(const SpmmProblem& p) {
   int64_t w = tile_width(p.shape.block_size);
@@ -35,45 +49,141 @@ int64_t line_nnz(const CsbShape& s, const int32_t* block_ptr, int64_t line) {
   return total;
 }
 
-// Points `tile` at rows [0, in_rows) of the block's slice of D, as float32 with row stride
-// `stride`, columns n0 .. n0 + width. Float32 row-major D is used in place; anything else is
-// converted into `stage`.
+// One output row's nonzeros of a block: input-row offsets into the tile and values, stored
+// contiguously from `begin` to `end` in the block's grouped arrays.
+struct RowSegment {
+  int32_t out;
+  int32_t begin;
+  int32_t end;
+};
+
+// The nonzeros of one block grouped by output row, as float32 values and tile row offsets.
+struct GroupedBlock {
+  std::vector<RowSegment> segments;
+  std::vector<int64_t> offsets;  // of each nonzero's input row in the slab
+  std::vector<float> values;
+  std::vector<int32_t> count;  // counting-sort scratch, block_size + 1 entries
+
+  // `base` is the offset of the block's first input row in the slab.
+  template <typename T>
+  void build(const SpmmProblem& p, const uint16_t* local, const T* vals, int64_t e0, int64_t e1,
+             int64_t base, int64_t stride) {
+    const int64_t nnz = e1 - e0, beta = p.shape.block_size;
+    const bool transpose = p.shape.transpose;
+    offsets.resize(nnz);
+    values.resize(nnz);
+    segments.clear();
+    segments.reserve(beta);
+    if (!transpose) {  // stored order is already by row
+      for (int64_t k = 0; k < nnz; ++k) {
+        offsets[k] = base + local_in(local[e0 + k], false) * stride;
+        values[k] = to_f32(vals[e0 + k]);
+      }
+      for (int64_t k = 0; k < nnz; ++k) {
+        int32_t out = local_out(local[e0 + k], false);
+        if (segments.empty() || segments.back().out != out) {
+          segments.push_back({out, static_cast<int32_t>(k), static_cast<int32_t>(k)});
+        }
+        segments.back().end = static_cast<int32_t>(k + 1);
+      }
+      return;
+    }
+    count.assign(beta + 1, 0);
+    for (int64_t k = 0; k < nnz; ++k) ++count[local_out(local[e0 + k], true) + 1];
+    for (int64_t o = 0; o < beta; ++o) {
+      if (count[o + 1]) segments.push_back({static_cast<int32_t>(o), count[o], 0});
+      count[o + 1] += count[o];
+      if (!segments.empty() && segments.back().out == o) segments.back().end = count[o + 1];
+    }
+    for (int64_t k = 0; k < nnz; ++k) {  // stable: keeps the stored order within a column
+      int32_t slot = count[local_out(local[e0 + k], true)]++;
+      offsets[slot] = base + local_in(local[e0 + k], true) * stride;
+      values[slot] = to_f32(vals[e0 + k]);
+    }
+  }
+};
+
+// Eight floats; aligned(4) makes loads and stores through it unaligned-safe.
+typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
+constexpr int kVecs = kChunk / 8;
+
+// acc[0, width) += sum_k values[k] * tile[offsets[k] + (0, width)]. Written with vector
+// extensions so that each clone keeps the 64 accumulators in registers (the plain loop
+// tempted the vectoriser into gathers across nonzeros).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void accumulate_row(
+    float* acc, const float* tile, const int64_t* offsets, const float* values, int64_t count,
+    int64_t width) {
+  int64_t j = 0;
+  for (; j + kChunk <= width; j += kChunk) {
+    Vec8 r[kVecs];
+    for (int c = 0; c < kVecs; ++c) r[c] = *reinterpret_cast<const Vec8*>(acc + j + 8 * c);
+    for (int64_t k = 0; k < count; ++k) {
+      const float v = values[k];
+      const float* d = tile + offsets[k] + j;
+      for (int c = 0; c < kVecs; ++c) r[c] += v * *reinterpret_cast<const Vec8*>(d + 8 * c);
+    }
+    for (int c = 0; c < kVecs; ++c) *reinterpret_cast<Vec8*>(acc + j + 8 * c) = r[c];
+  }
+  for (int64_t k = 0; k < count; ++k) {
+    const float v = values[k];
+    const float* d = tile + offsets[k];
+    for (int64_t c = j; c < width; ++c) acc[c] += v * d[c];
+  }
+}
+
+// Returns columns n0 .. n0 + width of D as float32 rows (in_dim of them) of stride
+// slab_stride. Float32 row-major D is used in place; anything else is converted (and, for the
+// batch-leading layout, transposed in 8 x 8 tiles) into `slab` once per tile, so every line
+// of the slice reuses it.
 template <typename T>
-const float* stage_tile(const SpmmProblem& p, const T* dense, int64_t in_base, int64_t in_rows,
-                        int64_t n0, int64_t width, int64_t tw, float* stage, int64_t* stride) {
+const float* stage_slab(const SpmmProblem& p, const T* dense, int64_t n0, int64_t width, int64_t tw,
+                        std::vector<float>& slab) {
   const int64_t in_dim = p.shape.in_dim();
   if (!p.batch_leading) {
     if constexpr (std::is_same_v<T, float>) {
-      *stride = p.n;
-      return dense + in_base * p.n + n0;
-    }
-    for (int64_t i = 0; i < in_rows; ++i) {
-      const T* src = dense + (in_base + i) * p.n + n0;
-      for (int64_t k = 0; k < width; ++k) stage[i * tw + k] = to_f32(src[k]);
-    }
-  } else {
-    for (int64_t k = 0; k < width; ++k) {
-      const T* src = dense + (n0 + k) * in_dim + in_base;
-      for (int64_t i = 0; i < in_rows; ++i) stage[i * tw + k] = to_f32(src[i]);
+      return dense + n0;
     }
   }
-  *stride = tw;
-  return stage;
+  slab.resize(in_dim * tw);
+  if (!p.batch_leading) {
+    for (int64_t i = 0; i < in_dim; ++i) {
+      const T* src = dense + i * p.n + n0;
+      for (int64_t k = 0; k < width; ++k) slab[i * tw + k] = to_f32(src[k]);
+    }
+    return slab.data();
+  }
+  for (int64_t k0 = 0; k0 < width; k0 += 8) {
+    const int64_t k1 = std::min(width, k0 + 8);
+    for (int64_t i0 = 0; i0 < in_dim; i0 += 8) {
+      const int64_t i1 = std::min(in_dim, i0 + 8);
+      for (int64_t k = k0; k < k1; ++k) {
+        const T* src = dense + (n0 + k) * in_dim;
+        for (int64_t i = i0; i < i1; ++i) slab[i * tw + k] = to_f32(src[i]);
+      }
+    }
+  }
+  return slab.data();
 }
 
 template <typename T>
 void write_tile(const SpmmProblem& p, const float* acc, int64_t out_base, int64_t out_rows,
                 int64_t n0, int64_t width, int64_t tw, T* out) {
-  const int64_t out_dim = p.shape.out_dim();
   if (!p.batch_leading) {
     for (int64_t o = 0; o < out_rows; ++o) {
       T* dst = out + (out_base + o) * p.n + n0;
       for (int64_t k = 0; k < width; ++k) dst[k] = from_f32<T>(acc[o * tw + k]);
     }
-  } else {
-    for (int64_t k = 0; k < width; ++k) {
-      T* dst = out + (n0 + k) * out_dim + out_base;
-      for (int64_t o = 0; o < out_rows; ++o) dst[o] = from_f32<T>(acc[o * tw + k]);
+    return;
+  }
+  const int64_t out_dim = p.shape.out_dim();
+  for (int64_t k0 = 0; k0 < width; k0 += 8) {
+    const int64_t k1 = std::min(width, k0 + 8);
+    for (int64_t o0 = 0; o0 < out_rows; o0 += 8) {
+      const int64_t o1 = std::min(out_rows, o0 + 8);
+      for (int64_t k = k0; k < k1; ++k) {
+        T* dst = out + (n0 + k) * out_dim + out_base;
+        for (int64_t o = o0; o < o1; ++o) dst[o] = from_f32<T>(acc[o * tw + k]);
+      }
     }
   }
 }
@@ -110,33 +220,51 @@ std::vector<int64_t> spmm_slices(const SpmmProblem& p, const int32_t* block_ptr,
   return balanced_split(prefix, num_slices);
 }
 
+// The stride between rows of the slabs that stage_slab returns: fixed for the whole call.
+template <typename T>
+int64_t slab_stride(const SpmmProblem& p) {
+  return std::is_same_v<T, float> && !p.batch_leading ? p.n : tile_width(p.shape.block_size);
+}
+
+// Items [item_begin, item_end) cover whole lines except perhaps the first and the last. They
+// run tile by tile (so a staged slab serves every line of the slice) and line by line within a
+// tile, with each line's grouped blocks built once for all tiles.
 template <typename T>
 void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local, const T* values,
           const T* dense, T* out, int64_t item_begin, int64_t item_end) {
+  if (item_begin >= item_end) return;
   const CsbShape& s = p.shape;
   const int64_t beta = s.block_size, tw = tile_width(s.block_size), tiles = num_tiles(p);
-  std::vector<float> acc(beta * tw), stage(beta * tw);
-  for (int64_t item = item_begin; item < item_end; ++item) {
-    const int64_t line = item / tiles, n0 = (item % tiles) * tw;
-    const int64_t width = std::min(tw, p.n - n0);
-    const int64_t out_base = line * beta, out_rows = std::min(beta, s.out_dim() - out_base);
-    std::fill(acc.begin(), acc.begin() + out_rows * tw, 0.0f);
+  const int64_t stride = slab_stride<T>(p);
+  const int64_t first_line = item_begin / tiles, last_line = (item_end - 1) / tiles;
+  std::vector<std::vector<GroupedBlock>> grouped(last_line - first_line + 1);
+  for (int64_t line = first_line; line <= last_line; ++line) {
+    auto& blocks = grouped[line - first_line];
+    blocks.resize(s.line_length());
     for (int64_t pos = 0; pos < s.line_length(); ++pos) {
       const int64_t b = s.block_at(line, pos);
-      const int64_t e0 = block_ptr[b], e1 = block_ptr[b + 1];
-      if (e0 == e1) continue;
-      const int64_t in_base = pos * beta, in_rows = std::min(beta, s.in_dim() - in_base);
-      int64_t stride;
-      const float* tile =
-          stage_tile(p, dense, in_base, in_rows, n0, width, tw, stage.data(), &stride);
-      for (int64_t e = e0; e < e1; ++e) {
-        const float v = to_f32(values[e]);
-        float* a = acc.data() + local_out(local[e], s.transpose) * tw;
-        const float* d = tile + local_in(local[e], s.transpose) * stride;
-        for (int64_t k = 0; k < width; ++k) a[k] += v * d[k];
-      }
+      blocks[pos].build(p, local, values, block_ptr[b], block_ptr[b + 1], pos * beta * stride,
+                        stride);
     }
-    write_tile(p, acc.data(), out_base, out_rows, n0, width, tw, out);
+  }
+  std::vector<float> acc(beta * tw), slab;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t n0 = t * tw, width = std::min(tw, p.n - n0);
+    const float* tile = nullptr;
+    for (int64_t line = first_line; line <= last_line; ++line) {
+      const int64_t item = line * tiles + t;
+      if (item < item_begin || item >= item_end) continue;
+      if (!tile) tile = stage_slab(p, dense, n0, width, tw, slab);
+      const int64_t out_base = line * beta, out_rows = std::min(beta, s.out_dim() - out_base);
+      std::fill(acc.begin(), acc.begin() + out_rows * tw, 0.0f);
+      for (const GroupedBlock& block : grouped[line - first_line]) {
+        for (const RowSegment& seg : block.segments) {
+          accumulate_row(acc.data() + seg.out * tw, tile, block.offsets.data() + seg.begin,
+                         block.values.data() + seg.begin, seg.end - seg.begin, width);
+        }
+      }
+      write_tile(p, acc.data(), out_base, out_rows, n0, width, tw, out);
+    }
   }
 }
 
