@@ -239,12 +239,12 @@ void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local,
   const int64_t first_line = item_begin / tiles, last_line = (item_end - 1) / tiles;
   std::vector<std::vector<GroupedBlock>> grouped(last_line - first_line + 1);
   for (int64_t line = first_line; line <= last_line; ++line) {
-    auto& blocks = grouped[line - first_line];
-    blocks.resize(s.line_length());
+    auto& blocks = grouped[line - first_line];  // the line's nonempty blocks only
     for (int64_t pos = 0; pos < s.line_length(); ++pos) {
       const int64_t b = s.block_at(line, pos);
-      blocks[pos].build(p, local, values, block_ptr[b], block_ptr[b + 1], pos * beta * stride,
-                        stride);
+      if (block_ptr[b] == block_ptr[b + 1]) continue;
+      blocks.emplace_back().build(p, local, values, block_ptr[b], block_ptr[b + 1],
+                                  pos * beta * stride, stride);
     }
   }
   std::vector<float> acc(beta * tw), slab;
