@@ -20,12 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from . import _build
 from ._build import check_block_size, default_block_size
 from ._format import CSB
 from ._ops import IMPLS, csb_matmul
-from ._schedule import build_units
 from .pruning._masks import check_sparsity, magnitude_mask, num_pruned
+from .pruning._pattern import host_pattern
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -33,26 +32,6 @@ __all__ = ["SparseDense", "STRUCTURE"]
 
 STRUCTURE = "csb_structure"
 _STRUCTURE_NAMES = ("block_ptr", "local", "row_units", "col_units")
-
-
-def _host_pattern(mask: np.ndarray, block_size: int) -> dict:
-    """The CSB index arrays of ``mask`` and the (row, col) of each stored entry, in numpy (so
-    that they are constants even when ``init`` is traced)."""
-    row, col = np.nonzero(mask)
-    zeros = np.zeros(row.shape, np.float32)
-    _, block_ptr, local, beta = _build.csb_arrays_from_coo(row, col, zeros, mask.shape, block_size)
-    block_rows, block_cols = -(-mask.shape[0] // beta), -(-mask.shape[1] // beta)
-    row_units, col_units = build_units(block_ptr, block_rows, block_cols, beta)
-    block = np.repeat(np.arange(block_ptr.shape[0] - 1), np.diff(block_ptr))
-    return {
-        "mask": mask,
-        "block_ptr": block_ptr,
-        "local": local,
-        "row_units": row_units,
-        "col_units": col_units,
-        "row": (block // block_cols) * beta + (local >> 8),
-        "col": (block % block_cols) * beta + (local & 0xFF),
-    }
 
 
 class SparseDense(nn.Module):
@@ -159,7 +138,8 @@ class SparseDense(nn.Module):
 
         @functools.cache
         def pattern():
-            return _host_pattern(self.pattern_mask(in_features, path), block_size)
+            mask = self.pattern_mask(in_features, path)
+            return {"mask": mask, **host_pattern(mask, block_size)}
 
         if not self.is_initializing() and not self.has_variable(STRUCTURE, "local"):
             raise ValueError(

@@ -18,6 +18,7 @@ from flax import nnx
 from ._format import CSB
 from ._ops import IMPLS, csb_matmul
 from .pruning._masks import check_sparsity, magnitude_mask, random_mask
+from .pruning._pattern import host_coordinates
 
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
@@ -193,11 +194,15 @@ class SparseLinear(nnx.Module):
         """Fraction of the (in_features, out_features) kernel that is pruned."""
         return 1.0 - self.nnz / (self.in_features * self.out_features)
 
+    def coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row, col) of every stored weight, in the order of ``values`` (numpy, on the host)."""
+        shape = (self.in_features, self.out_features)
+        return host_coordinates(self.block_ptr[...], self.local[...], shape, self.block_size)
+
     def mask(self) -> np.ndarray:
         """The pattern as a numpy bool array (in_features, out_features)."""
-        row, col = (np.asarray(a) for a in self.kernel.coordinates())
         out = np.zeros((self.in_features, self.out_features), bool)
-        out[row, col] = True
+        out[self.coordinates()] = True
         return out
 
     # calling ----------------------------------------------------------------------------------
@@ -227,7 +232,14 @@ class SparseLinear(nnx.Module):
     def to_dense(self) -> tuple[jax.Array, jax.Array | None]:
         """``(kernel, bias)``: the dense (in_features, out_features) kernel (zeros where pruned)
         and the bias (None without one), in ``param_dtype``."""
-        return self.kernel.todense(), (self.bias[...] if self.bias is not None else None)
+        bias = self.bias[...] if self.bias is not None else None
+        try:
+            values = np.asarray(self.values[...])
+        except jax.errors.TracerArrayConversionError:  # under a transformation
+            return self.kernel.todense(), bias
+        kernel = np.zeros((self.in_features, self.out_features), values.dtype)
+        kernel[self.coordinates()] = values
+        return jnp.asarray(kernel), bias
 
     def to_linear(self) -> nnx.Linear:
         """An ``nnx.Linear`` holding the dense kernel (pruned weights as zeros) and the bias."""

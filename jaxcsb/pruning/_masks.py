@@ -38,14 +38,22 @@ def num_pruned(size: int, sparsity) -> int | jax.Array:
 
 
 def _keep_smallest_pruned(scores, k):
-    """Flat bool mask: False at the k smallest scores (ties: earlier index first)."""
+    """Flat bool mask: False at the k smallest scores (ties: earlier index first). numpy in and
+    a concrete k: computed by numpy on the host (no compilation); otherwise by jax.numpy."""
+    if isinstance(scores, np.ndarray) and isinstance(k, int):
+        keep = np.ones(scores.shape, bool)
+        keep[np.argsort(scores, kind="stable")[:k]] = False
+        return keep
     order = jnp.argsort(scores, stable=True)
     rank_kept = jnp.arange(scores.shape[0]) >= k
     return jnp.zeros(scores.shape, bool).at[order].set(rank_kept)
 
 
-def magnitude_mask(w, sparsity) -> jax.Array:
+def magnitude_mask(w, sparsity) -> jax.Array | np.ndarray:
     """Keeps the largest-magnitude entries of ``w``; prunes exactly ``round(sparsity * w.size)``.
+
+    A numpy ``w`` with a concrete sparsity gives a numpy mask (computed on the host); anything
+    else a JAX array.
 
     >>> import jax.numpy as jnp
     >>> from jaxcsb import pruning
@@ -53,9 +61,10 @@ def magnitude_mask(w, sparsity) -> jax.Array:
     Array([[False,  True],
            [ True, False]], dtype=bool)
     """
-    w = jnp.asarray(w)
+    xp = np if isinstance(w, np.ndarray) else jnp
+    w = xp.asarray(w)
     k = num_pruned(w.size, sparsity)
-    scores = jnp.abs(w.astype(jnp.float32)).reshape(-1)
+    scores = xp.abs(w.astype(np.float32)).reshape(-1)
     return _keep_smallest_pruned(scores, k).reshape(w.shape)
 
 
@@ -89,7 +98,8 @@ def global_magnitude_masks(kernels: dict, sparsity) -> dict:
 def random_mask(shape, sparsity, key) -> np.ndarray:
     """A uniformly random mask (numpy bool) pruning exactly ``round(sparsity * size)`` entries.
 
-    ``key`` is a JAX PRNG key (concrete: the mask is built on the host).
+    ``key`` is a JAX PRNG key (concrete): its bits seed numpy's generator, which draws the mask
+    on the host.
 
     >>> import jax
     >>> from jaxcsb import pruning
@@ -99,7 +109,7 @@ def random_mask(shape, sparsity, key) -> np.ndarray:
     shape = tuple(int(d) for d in shape)
     size = int(np.prod(shape))
     k = num_pruned(size, sparsity)
-    order = np.asarray(jax.random.permutation(key, size))
+    order = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()).permutation(size)
     keep = np.ones(size, bool)
     keep[order[:k]] = False
     return keep.reshape(shape)
