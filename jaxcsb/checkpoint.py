@@ -252,7 +252,7 @@ def _load_nnx(meta, arrays, model, where):
                 )
     _compare_names(meta["arrays"], variables, where)
     sparse_owned = {_join(layer, a): layer for layer in sparse for a in _SPARSE_ARRAYS}
-    for name, var in variables.items():
+    for name, var in sorted(variables.items()):
         info = meta["arrays"][name]
         if info["variable"] != type(var).__name__:
             raise CheckpointMismatchError(

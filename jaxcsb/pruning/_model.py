@@ -76,9 +76,7 @@ def magnitude_masks(
     return {n: magnitude_mask(k, sparsity) for n, k in kernels.items()}
 
 
-def apply_masks(model, masks: dict) -> None:
-    """Sets the kernels' pruned entries to zero, in place (call it after each optimizer step
-    of the masked-dense phase so that pruned weights stay zero)."""
+def _masked_layers(model, masks: dict) -> dict[str, nnx.Linear]:
     layers = linear_layers(model)
     for name, mask in masks.items():
         if name not in layers:
@@ -86,25 +84,32 @@ def apply_masks(model, masks: dict) -> None:
                 f"masks has an entry {name!r} but the model has no nnx.Linear there; its "
                 f"nnx.Linear layers are {sorted(layers)}"
             )
-        kernel = layers[name].kernel
-        if tuple(mask.shape) != tuple(kernel.shape):
+        if tuple(mask.shape) != tuple(layers[name].kernel.shape):
             raise ValueError(
                 f"mask {name!r} has shape {tuple(mask.shape)} but the kernel there has shape "
-                f"{tuple(kernel.shape)}"
+                f"{tuple(layers[name].kernel.shape)}"
             )
+    return layers
+
+
+def apply_masks(model, masks: dict) -> None:
+    """Sets the kernels' pruned entries to zero, in place (call it after each optimizer step
+    of the masked-dense phase so that pruned weights stay zero)."""
+    layers = _masked_layers(model, masks)
+    for name, mask in masks.items():
+        kernel = layers[name].kernel
         k = kernel[...]
         kernel.set_value(jnp.where(mask, k, jnp.zeros((), k.dtype)))
 
 
-def update_masks(
-    model, masks: dict, sparsity, *, scope: str = "layer", filter: LayerFilter | None = None
-) -> dict[str, jax.Array]:
+def update_masks(model, masks: dict, sparsity, *, scope: str = "layer") -> dict[str, jax.Array]:
     """Recomputes the magnitude masks when they do not prune the target number of weights at
-    ``sparsity``, and returns ``masks`` unchanged otherwise (works under ``jit``).
+    ``sparsity``, and returns ``masks`` unchanged otherwise (works under ``jit``). The layers
+    are those named in ``masks``.
 
     This is the update rule of Zhu & Gupta: the masks change only when the schedule's sparsity
-    does (every Δt steps), and between updates the same masks are applied. Because pruned
-    weights are zero, a recomputation keeps them pruned as the sparsity rises.
+    does (every Δt steps), and between updates the same masks are applied. Magnitudes are
+    those of the masked kernels, so weights pruned earlier stay pruned as the sparsity rises.
     """
     _check_scope(scope)
     names = sorted(masks)
@@ -120,9 +125,15 @@ def update_masks(
         )
         stale = jnp.any(pruned != target.astype(jnp.int32))
 
+    layers = _masked_layers(model, masks)
+
     def recompute():
-        new = magnitude_masks(model, sparsity, scope=scope, filter=lambda n, _: n in masks)
-        return {n: new[n] for n in masks}
+        # Magnitudes of the masked kernels (as Zhu & Gupta): weights pruned earlier count as
+        # zero even if the last optimizer step moved them, so they stay pruned.
+        kernels = {n: jnp.where(masks[n], layers[n].kernel[...], 0) for n in names}
+        if scope == "global":
+            return global_magnitude_masks(kernels, sparsity)
+        return {n: magnitude_mask(k, sparsity) for n, k in kernels.items()}
 
     return jax.lax.cond(stale, recompute, lambda: dict(masks))
 
@@ -134,10 +145,10 @@ def prune_step(
     schedule: Callable,
     *,
     scope: str = "layer",
-    filter: LayerFilter | None = None,
 ) -> dict[str, jax.Array]:
     """One step of the masked-dense phase: ``update_masks`` at ``schedule(step)``, then
-    ``apply_masks``. Returns the masks to pass to the next step.
+    ``apply_masks``. Returns the masks to pass to the next step. The pruned layers are those
+    named in ``masks`` (see ``init_masks``, which takes a ``filter``).
 
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -150,7 +161,7 @@ def prune_step(
     >>> int(jnp.sum(model.layers[0].kernel[...] == 0))
     192
     """
-    masks = update_masks(model, masks, schedule(step), scope=scope, filter=filter)
+    masks = update_masks(model, masks, schedule(step), scope=scope)
     apply_masks(model, masks)
     return masks
 
