@@ -1,0 +1,104 @@
+// Tile configurations of the CUDA kernels: one type per kernel family, the constraints as
+// static_asserts, and one place (the Select* templates at the end) that picks a configuration
+// for a problem, with the reason next to each choice.
+#pragma once
+
+#include <cstddef>
+
+namespace jaxcsb::cuda {
+
+// SpMM: a thread block computes one line (kBeta output rows of op(S)) times one tile of
+// kTileN columns of n, or a part of that line when a cluster of blocks splits it.
+template <int kBeta_,   // block size beta of the CSB matrix (the kernel is specialised per beta)
+          int kWarps_,  // warps per thread block; warp w owns output rows [w * kRows, ...)
+          int kRows_,   // output rows per warp, each accumulated in kVec registers per lane
+          int kVec_>    // n columns per lane: the n-tile is 32 * kVec columns wide
+struct SpmmConfig {
+  static constexpr int kBeta = kBeta_;
+  static constexpr int kWarps = kWarps_;
+  static constexpr int kRows = kRows_;
+  static constexpr int kVec = kVec_;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kTileN = 32 * kVec;
+  // Nonzeros sorted by output row per pass, held 4 per thread in registers while sorting.
+  static constexpr int kPerThread = 4;
+  static constexpr int kChunk = kPerThread * kThreads;
+  // Words of the per-output-row bitmap of input indices used to rank nonzeros while sorting.
+  static constexpr int kMaskWords = kBeta / 32 > 0 ? kBeta / 32 : 1;
+
+  static_assert(kBeta >= 16 && kBeta <= 256 && (kBeta & (kBeta - 1)) == 0,
+                "beta must be a power of two in 16..256");
+  static_assert(kWarps * kRows == kBeta, "the warps' rows must cover the block's rows exactly");
+  static_assert(kVec == 1 || kVec == 2 || kVec == 4, "a lane reads 1, 2 or 4 n columns at once");
+  static_assert(kThreads <= 1024, "at most 1024 threads per block");
+  static_assert(kRows * kVec <= 64, "accumulators beyond 64 registers per thread would spill");
+};
+
+// SDDMM: a thread block takes one CSB block, kChunk of its nonzeros at a time (kPer per
+// thread, each with its own float32 accumulator), and walks n in tiles of kTileN, staging the
+// block's kBeta rows of lhs and kBeta columns of rhs for the tile in shared memory.
+template <int kBeta_,     // block size beta
+          int kThreads_,  // threads per thread block
+          int kPer_,      // nonzeros per thread per pass
+          int kTileN_>    // n columns staged per step
+struct SddmmConfig {
+  static constexpr int kBeta = kBeta_;
+  static constexpr int kThreads = kThreads_;
+  static constexpr int kPer = kPer_;
+  static constexpr int kTileN = kTileN_;
+  static constexpr int kChunk = kThreads * kPer;
+  // Row stride (in floats) of the staged tiles: 16-byte rows whose groups fall on all 8 bank
+  // groups in turn, which the staggered walk of the kernel relies on.
+  static constexpr int kStride = kTileN;
+  static constexpr size_t kSmemBytes = 2 * size_t{kBeta} * kStride * sizeof(float);
+
+  static_assert(kBeta >= 16 && kBeta <= 256 && (kBeta & (kBeta - 1)) == 0,
+                "beta must be a power of two in 16..256");
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 1024 threads");
+  static_assert(kTileN >= 16 && (kTileN & (kTileN - 1)) == 0,
+                "the tile is walked in a power-of-two number of 16-byte groups");
+  static_assert(kSmemBytes <= 48 * 1024, "the two staged tiles fit the default shared memory");
+};
+
+// The configurations in use. Both kernel families are specialised per beta because the
+// accumulators are register arrays whose sizes must be compile-time constants.
+//
+// SpMM: a warp owns 8 output rows (16 for beta 256) and 4 n columns per lane (a 16-byte load of
+// float32), so a thread keeps 32 accumulators; the staged tile of the dense operand is
+// beta x 128 values (32 KiB of float32 at beta 64) and beta 128 / 256 use 16 warps so that a
+// block still covers all rows of its line. Beta 256 halves the tile width to keep the staged
+// tile at 64 KiB (two blocks per multiprocessor). Half-precision types use the same shapes:
+// their loads are 8 bytes wide and the tile takes half the memory.
+template <int kBeta>
+struct SelectSpmm;
+template <>
+struct SelectSpmm<16> {
+  using type = SpmmConfig<16, 2, 8, 4>;
+};
+template <>
+struct SelectSpmm<32> {
+  using type = SpmmConfig<32, 4, 8, 4>;
+};
+template <>
+struct SelectSpmm<64> {
+  using type = SpmmConfig<64, 8, 8, 4>;
+};
+template <>
+struct SelectSpmm<128> {
+  using type = SpmmConfig<128, 16, 8, 4>;
+};
+template <>
+struct SelectSpmm<256> {
+  using type = SpmmConfig<256, 16, 16, 2>;
+};
+
+// SDDMM: 256 threads with 2 nonzeros each cover a typical pruned block (beta 64 at 90%
+// sparsity holds about 400 nonzeros) in one thread block; larger blocks hold 4 per thread so
+// that fewer thread blocks stage the same tiles. The n-tile shrinks as beta grows so that the
+// two staged beta x kTileN float32 tiles stay at 32 KiB.
+template <int kBeta>
+struct SelectSddmm {
+  using type = SddmmConfig<kBeta, 256, (kBeta <= 64 ? 2 : 4), (kBeta <= 64 ? 64 : 64 * 64 / kBeta)>;
+};
+
+}  // namespace jaxcsb::cuda

@@ -1,0 +1,72 @@
+// Launchers of the CUDA kernels, callable from plain C++ (the FFI handlers, the test program).
+//
+// The launchers take raw device pointers and a stream, enqueue their kernels and return the
+// launch error; they never synchronise the host and allocate nothing. Index arrays are not
+// validated on the host (that would need a copy back): the kernels clamp block_ptr ranges to
+// [0, nnz] and skip nonzeros whose local index lies outside the block, so a corrupt structure
+// gives wrong numbers but never an out-of-bounds access.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "csb_format.h"
+
+namespace jaxcsb::cuda {
+
+enum class DType { kF32, kBF16, kF16 };
+
+// out = op(S) * dense. dense is (in_dim, n) row-major, or (n, in_dim) when batch_leading; out is
+// (out_dim, n), or (n, out_dim) when batch_leading. See csb_format.h for the arrays.
+struct SpmmArgs {
+  CsbShape shape;
+  int64_t n = 0;
+  int64_t nnz = 0;
+  bool batch_leading = false;
+  DType dtype = DType::kF32;
+  const int32_t* block_ptr = nullptr;  // [num_blocks + 1]
+  const uint16_t* local = nullptr;     // [nnz]
+  const void* values = nullptr;        // [nnz]
+  const int32_t* units = nullptr;      // [num_units + 1], work units of the direction in use
+  int64_t num_units = 0;
+  const void* dense = nullptr;
+  void* out = nullptr;
+};
+
+// out[e] = sum_n lhs[i_e, n] * rhs[n, j_e] at the nonzeros (i_e, j_e) of S. lhs is (rows, n), or
+// (n, rows) when lhs_transposed; rhs is (n, cols), or (cols, n) when rhs_transposed.
+struct SddmmArgs {
+  CsbShape shape;
+  int64_t n = 0;
+  int64_t nnz = 0;
+  bool lhs_transposed = false;
+  bool rhs_transposed = false;
+  DType dtype = DType::kF32;
+  const int32_t* block_ptr = nullptr;
+  const uint16_t* local = nullptr;
+  const void* lhs = nullptr;
+  const void* rhs = nullptr;
+  void* out = nullptr;  // [nnz]
+};
+
+// What the launchers need to know about the device that runs the stream.
+struct DeviceInfo {
+  int device = 0;
+  int num_sms = 0;
+  int max_smem_optin = 0;  // bytes of dynamic shared memory a block may opt in to
+};
+
+// Returns the properties of the device that owns `stream`, cached per device (thread-safe).
+cudaError_t device_info(cudaStream_t stream, DeviceInfo* info);
+
+// Tile configuration forced by tests and benchmarks; kAuto lets the heuristic choose.
+struct SpmmOptions {
+  int cluster = 0;  // CTAs that split one line (1, 2, 4 or 8); 0 = heuristic
+};
+
+cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
+                        const SpmmOptions& options = {});
+cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream);
+
+}  // namespace jaxcsb::cuda

@@ -1,0 +1,27 @@
+// CUDA SpMM entry point: zero-sized and empty problems, then dispatch on the value type to the
+// kernels of cuda_spmm_kernel.h, instantiated per type in cuda_spmm_{f32,bf16,f16}.cu.
+#include "cuda_kernels.h"
+#include "cuda_utils.h"
+
+namespace jaxcsb::cuda {
+
+template <typename T>
+cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                              const SpmmOptions& options);
+
+cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
+                        const SpmmOptions& options) {
+  const int64_t out_count = args.shape.out_dim() * args.n;
+  if (out_count == 0) return cudaSuccess;
+  if (args.nnz == 0 || args.shape.in_dim() == 0) {
+    // Nothing to add: the product is zero (all-zero bits in every supported type).
+    const int64_t bytes = out_count * (args.dtype == DType::kF32 ? 4 : 2);
+    cudaError_t err = cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
+    return err != cudaSuccess ? err : cudaGetLastError();
+  }
+  return dispatch_dtype(args.dtype, [&](auto tag) {
+    return launch_spmm_typed<decltype(tag)>(args, dev, stream, options);
+  });
+}
+
+}  // namespace jaxcsb::cuda

@@ -1,0 +1,9 @@
+// SpMM kernels for __half values, every block size, direction and layout.
+#include "cuda_spmm_kernel.h"
+
+namespace jaxcsb::cuda {
+
+template cudaError_t launch_spmm_typed<__half>(const SpmmArgs&, const DeviceInfo&, cudaStream_t,
+                                               const SpmmOptions&);
+
+}  // namespace jaxcsb::cuda

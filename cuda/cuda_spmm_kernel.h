@@ -1,0 +1,461 @@
+// CUDA SpMM: out = op(S) * D for S in CSB, both directions and both dense layouts from the one
+// stored copy.
+//
+// Decomposition. A thread block computes one line (beta output rows of op(S)) for one tile of
+// 32 * kVec columns of n, walking the line's blocks in order. A cluster of C thread blocks
+// (C = 1 when lines x n-tiles fill the GPU, up to 8 when they do not, e.g. small n) splits a
+// line along its work units (the `units` array, balanced by nonzero count); the blocks of a
+// cluster add their partial tiles through distributed shared memory in rank order. Every
+// output element is therefore written exactly once, by a fixed sum order: results are
+// bitwise reproducible, with no atomics on values and no workspace.
+//
+// Per CSB block. The block's beta x tile slice of D is staged in shared memory with cp.async
+// (16-byte copies along n for row-major D; 4-byte copies along the feature axis for the
+// batch-leading layout, which is staged n-major with an odd row stride). The block's nonzeros
+// are counting-sorted by output row in shared memory, in chunks of kChunk: the row of the
+// stored (row, col) order in the forward product, the column in the transposed one, so the
+// two directions run the same code and cost the same. The rank of a nonzero inside its output
+// row comes from a per-row bitmap of input indices (popc below its own bit), so the sorted
+// order is unique and does not depend on thread timing. Each warp then owns kRows output rows
+// and accumulates them in registers: per nonzero one broadcast read of (input index, value)
+// and one read of the staged D row, kVec FMAs per lane.
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include <algorithm>
+
+#include "cuda_config.h"
+#include "cuda_kernels.h"
+#include "cuda_utils.h"
+
+namespace cg = cooperative_groups;
+
+namespace jaxcsb::cuda {
+namespace spmm_detail {
+
+struct SpmmParams {
+  const int32_t* block_ptr;
+  const uint16_t* local;
+  const void* values;
+  const int32_t* units;
+  const void* dense;
+  void* out;
+  int64_t nnz;
+  int64_t n;
+  int64_t in_dim;
+  int64_t out_dim;
+  int64_t num_units;
+  int64_t num_lines;
+  int64_t line_length;
+  int64_t block_cols;
+  int64_t num_tiles;
+  int cluster;
+  bool vec_ok;  // dense allows the cp.async staging (alignment and row length)
+};
+
+// Shared-memory layout of one thread block, in bytes.
+template <typename T, class Cfg, bool kBatchLeading>
+struct SpmmSmem {
+  // Row stride (in elements) of the staged tile: n-major rows of beta features for the
+  // batch-leading layout, padded to an odd number of 32-bit words so that lanes reading one
+  // feature of 32 different n hit 32 banks; beta-major rows of kTileN otherwise.
+  static constexpr int kTileStride =
+      kBatchLeading ? Cfg::kBeta + static_cast<int>(4 / sizeof(T)) : Cfg::kTileN;
+  static constexpr int kTileRows = kBatchLeading ? Cfg::kTileN : Cfg::kBeta;
+  // Row stride (in floats) of the float32 output tile of the epilogue; odd for the
+  // batch-leading write, which reads it along the feature axis.
+  static constexpr int kRedStride = Cfg::kTileN + (kBatchLeading ? 1 : 0);
+
+  static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+  static constexpr size_t kTileBytes = size_t{kTileRows} * kTileStride * sizeof(T);
+  static constexpr size_t kRedBytes = size_t{Cfg::kBeta} * kRedStride * sizeof(float);
+  // The output tile reuses the staged tile's memory once the line is done.
+  static constexpr size_t kTileOffset = 0;
+  static constexpr size_t kEntOffset = align16(kTileBytes > kRedBytes ? kTileBytes : kRedBytes);
+  static constexpr size_t kStartOffset = kEntOffset + align16(size_t{Cfg::kChunk} * sizeof(int2));
+  static constexpr size_t kCountOffset = kStartOffset + align16((Cfg::kBeta + 1) * sizeof(int));
+  static constexpr size_t kMaskOffset = kCountOffset + align16(Cfg::kBeta * sizeof(int));
+  static constexpr size_t kRangeOffset =
+      kMaskOffset + align16(size_t{Cfg::kBeta} * Cfg::kMaskWords * sizeof(uint32_t));
+  static constexpr size_t kBytes = kRangeOffset + 16;
+};
+
+// First index i in [0, size) with a[i] >= target, or size; a is assumed non-decreasing (when it
+// is not, the result is still an index in [0, size]). Called by a whole warp: each step probes
+// 32 positions, so 100k units take four rounds of loads.
+__device__ inline int64_t warp_lower_bound(const int32_t* a, int64_t size, int64_t target) {
+  const int lane = threadIdx.x % 32;
+  int64_t lo = 0, hi = size;
+  while (hi - lo > 32) {
+    const int64_t step = (hi - lo + 31) / 32;
+    const int64_t idx = lo + lane * step;
+    const bool ge = idx >= hi || a[idx] >= target;
+    const unsigned mask = __ballot_sync(0xffffffffu, ge);
+    if (mask & 1u) return lo;
+    const int first = mask ? __ffs(mask) - 1 : 32;
+    const int64_t new_lo = lo + (first - 1) * step + 1;
+    hi = first < 32 ? std::min(hi, lo + first * step) : hi;
+    lo = new_lo;
+  }
+  const int64_t idx = lo + lane;
+  const bool ge = idx >= hi || a[idx] >= target;
+  const unsigned mask = __ballot_sync(0xffffffffu, ge);
+  return mask ? std::min(hi, lo + __ffs(mask) - 1) : hi;
+}
+
+// Stages the block's slice of D: features [in_base, in_base + beta) x n [n0, n0 + kTileN),
+// zero-filled outside the matrix.
+template <typename T, class Cfg, bool kBatchLeading>
+__device__ __forceinline__ void stage_tile(const SpmmParams& p, T* tile, int64_t in_base,
+                                           int64_t n0) {
+  using L = SpmmSmem<T, Cfg, kBatchLeading>;
+  const T* dense = static_cast<const T*>(p.dense);
+  if (!kBatchLeading) {
+    // D is (in_dim, n): rows of the tile are contiguous in memory.
+    if (p.vec_ok) {
+      constexpr int kPerCopy = 16 / sizeof(T);
+      constexpr int kCopiesPerRow = Cfg::kTileN / kPerCopy;
+      for (int i = threadIdx.x; i < Cfg::kBeta * kCopiesPerRow; i += Cfg::kThreads) {
+        const int c = i / kCopiesPerRow, q = i % kCopiesPerRow;
+        const int64_t gc = in_base + c, gn = n0 + q * kPerCopy;
+        const bool ok = gc < p.in_dim && gn < p.n;
+        cp_async_16(tile + c * L::kTileStride + q * kPerCopy, ok ? dense + gc * p.n + gn : dense,
+                    ok ? 16 : 0);
+      }
+    } else {
+      for (int i = threadIdx.x; i < Cfg::kBeta * Cfg::kTileN; i += Cfg::kThreads) {
+        const int c = i / Cfg::kTileN, q = i % Cfg::kTileN;
+        const int64_t gc = in_base + c, gn = n0 + q;
+        tile[c * L::kTileStride + q] =
+            gc < p.in_dim && gn < p.n ? dense[gc * p.n + gn] : from_float<T>(0.0f);
+      }
+    }
+  } else {
+    // D is (n, in_dim): each n holds beta contiguous features of the block.
+    if (p.vec_ok) {
+      constexpr int kPerCopy = 4 / sizeof(T);
+      constexpr int kCopiesPerRow = Cfg::kBeta / kPerCopy;
+      for (int i = threadIdx.x; i < Cfg::kTileN * kCopiesPerRow; i += Cfg::kThreads) {
+        const int nn = i / kCopiesPerRow, q = i % kCopiesPerRow;
+        const int64_t gc = in_base + q * kPerCopy, gn = n0 + nn;
+        const bool ok = gc < p.in_dim && gn < p.n;
+        cp_async_4(tile + nn * L::kTileStride + q * kPerCopy,
+                   ok ? dense + gn * p.in_dim + gc : dense, ok ? 4 : 0);
+      }
+    } else {
+      for (int i = threadIdx.x; i < Cfg::kTileN * Cfg::kBeta; i += Cfg::kThreads) {
+        const int nn = i / Cfg::kBeta, c = i % Cfg::kBeta;
+        const int64_t gc = in_base + c, gn = n0 + nn;
+        tile[nn * L::kTileStride + c] =
+            gc < p.in_dim && gn < p.n ? dense[gn * p.in_dim + gc] : from_float<T>(0.0f);
+      }
+    }
+  }
+}
+
+// Sorts nonzeros [k0, k0 + count) of one block by output row into ent[] (input index, value
+// bits), with start[r] .. start[r + 1] the entries of output row r. Nonzeros whose local index
+// lies outside a beta x beta block are dropped. Ends without a barrier.
+template <typename T, class Cfg, bool kTranspose>
+__device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int count, int2* ent,
+                                           int* start, int* counts, uint32_t* mask) {
+  constexpr int kBeta = Cfg::kBeta, kWords = Cfg::kMaskWords;
+  const T* values = static_cast<const T*>(p.values);
+  int key[Cfg::kPerThread], sub[Cfg::kPerThread];
+  float val[Cfg::kPerThread];
+#pragma unroll
+  for (int j = 0; j < Cfg::kPerThread; ++j) {
+    const int i = threadIdx.x + j * Cfg::kThreads;
+    key[j] = kBeta;  // invalid
+    sub[j] = 0;
+    val[j] = 0.0f;
+    if (i < count) {
+      const uint16_t loc = p.local[k0 + i];
+      const int row = loc >> 8, col = loc & 0xff;
+      const int out = kTranspose ? col : row, in = kTranspose ? row : col;
+      val[j] = to_float(values[k0 + i]);
+      if (out < kBeta && in < kBeta) {
+        key[j] = out;
+        sub[j] = in;
+      }
+    }
+  }
+  for (int i = threadIdx.x; i < kBeta; i += Cfg::kThreads) counts[i] = 0;
+  for (int i = threadIdx.x; i < kBeta * kWords; i += Cfg::kThreads) mask[i] = 0;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < Cfg::kPerThread; ++j) {
+    if (key[j] < kBeta) {
+      atomicAdd(&counts[key[j]], 1);
+      atomicOr(&mask[key[j] * kWords + sub[j] / 32], 1u << (sub[j] % 32));
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    // Exclusive scan of counts by one warp: lane l sums kPer consecutive rows.
+    constexpr int kPer = (kBeta + 31) / 32;
+    const int lane = threadIdx.x;
+    int c[kPer], sum = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int r = lane * kPer + i;
+      c[i] = r < kBeta ? counts[r] : 0;
+      sum += c[i];
+    }
+    int incl = sum;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    int run = incl - sum;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int r = lane * kPer + i;
+      if (r < kBeta) start[r] = run;
+      run += c[i];
+    }
+    if (lane == 31) start[kBeta] = incl;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < Cfg::kPerThread; ++j) {
+    if (key[j] < kBeta) {
+      const uint32_t* m = mask + key[j] * kWords;
+      int rank = __popc(m[sub[j] / 32] & ((1u << (sub[j] % 32)) - 1u));
+      for (int w = 0; w < sub[j] / 32; ++w) rank += __popc(m[w]);
+      ent[start[key[j]] + rank] = make_int2(sub[j], __float_as_int(val[j]));
+    }
+  }
+}
+
+template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
+__global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p) {
+  using L = SpmmSmem<T, Cfg, kBatchLeading>;
+  constexpr int kBeta = Cfg::kBeta, kRows = Cfg::kRows, kVec = Cfg::kVec;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* tile = reinterpret_cast<T*>(smem + L::kTileOffset);
+  float* red = reinterpret_cast<float*>(smem + L::kTileOffset);
+  int2* ent = reinterpret_cast<int2*>(smem + L::kEntOffset);
+  int* start = reinterpret_cast<int*>(smem + L::kStartOffset);
+  int* counts = reinterpret_cast<int*>(smem + L::kCountOffset);
+  uint32_t* mask = reinterpret_cast<uint32_t*>(smem + L::kMaskOffset);
+  int* range = reinterpret_cast<int*>(smem + L::kRangeOffset);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int csize = p.cluster;
+  const int rank = static_cast<int>(blockIdx.x % csize);
+  const int64_t line = blockIdx.x / csize;
+  if (line >= p.num_lines) return;  // uniform over the cluster
+
+  // The positions of the line this block walks: all of them, or a share of its work units.
+  int64_t pos_begin = 0, pos_end = p.line_length;
+  if (csize > 1) {
+    if (warp == 0) {
+      const int64_t lb = line * p.line_length, le = lb + p.line_length;
+      const int64_t ua = warp_lower_bound(p.units, p.num_units + 1, lb);
+      const int64_t ub = warp_lower_bound(p.units, p.num_units + 1, le);
+      const int64_t nu = ub - ua;
+      int64_t b = lb, e = le;
+      if (nu > 0) {
+        const int64_t i0 = ua + rank * nu / csize, i1 = ua + (rank + 1) * nu / csize;
+        b = rank == 0 ? lb : p.units[i0];
+        e = rank == csize - 1 || i1 >= ub ? le : p.units[i1];
+      } else if (rank != 0) {
+        b = e;  // malformed units: the first block takes the whole line
+      }
+      b = std::min(std::max(b, lb), le);
+      e = std::min(std::max(e, b), le);
+      if (lane == 0) {
+        range[0] = static_cast<int>(b - lb);
+        range[1] = static_cast<int>(e - lb);
+      }
+    }
+    __syncthreads();
+    pos_begin = range[0];
+    pos_end = range[1];
+  }
+
+  for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
+    const int64_t n0 = t * Cfg::kTileN;
+    float acc[kRows][kVec];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) acc[r][v] = 0.0f;
+    }
+
+    for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
+      const int64_t b = kTranspose ? pos * p.block_cols + line : line * p.block_cols + pos;
+      int64_t e0, e1;
+      block_range(p.block_ptr, b, p.nnz, &e0, &e1);
+      if (e0 >= e1) continue;
+      __syncthreads();  // the previous block's compute is done with tile, ent and start
+      stage_tile<T, Cfg, kBatchLeading>(p, tile, pos * kBeta, n0);
+      for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
+        if (k0 != e0) __syncthreads();
+        const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
+        sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask);
+        cp_async_wait_all();
+        __syncthreads();
+#pragma unroll
+        for (int rr = 0; rr < kRows; ++rr) {
+          const int r = warp * kRows + rr;
+          const int kb = start[r], ke = start[r + 1];
+#pragma unroll 4
+          for (int k = kb; k < ke; ++k) {
+            const int2 en = ent[k];
+            const int c = en.x & (kBeta - 1);
+            const float v = __int_as_float(en.y);
+            float d[kVec];
+            if (!kBatchLeading) {
+              load_vec<T, kVec>(tile + c * L::kTileStride + lane * kVec, d);
+            } else {
+#pragma unroll
+              for (int i = 0; i < kVec; ++i)
+                d[i] = to_float(tile[(lane + 32 * i) * L::kTileStride + c]);
+            }
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) acc[rr][i] = fmaf(v, d[i], acc[rr][i]);
+          }
+        }
+      }
+    }
+
+    // Epilogue: the float32 tile goes through shared memory, where the blocks of a cluster add
+    // their partial tiles in rank order and every block writes its share of the rows with
+    // accesses contiguous along the output's fastest axis.
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < kRows; ++rr) {
+      float* dst = red + (warp * kRows + rr) * L::kRedStride;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        dst[kBatchLeading ? lane + 32 * i : lane * kVec + i] = acc[rr][i];
+      }
+    }
+    if (csize > 1) {
+      cg::this_cluster().sync();
+    } else {
+      __syncthreads();
+    }
+    const int64_t out_base = line * kBeta;
+    const int out_rows = static_cast<int>(std::min<int64_t>(kBeta, p.out_dim - out_base));
+    const int n_valid = static_cast<int>(std::min<int64_t>(Cfg::kTileN, p.n - n0));
+    const int r_lo = rank * kBeta / csize, r_hi = (rank + 1) * kBeta / csize;
+    const int share = r_hi - r_lo;
+    T* out = static_cast<T*>(p.out);
+    for (int i = threadIdx.x; i < share * Cfg::kTileN; i += Cfg::kThreads) {
+      const int r = r_lo + (kBatchLeading ? i % share : i / Cfg::kTileN);
+      const int c = kBatchLeading ? i / share : i % Cfg::kTileN;
+      if (r >= out_rows || c >= n_valid) continue;
+      float sum;
+      if (csize > 1) {
+        cg::cluster_group cluster = cg::this_cluster();
+        sum = 0.0f;
+        for (int q = 0; q < csize; ++q)
+          sum += cluster.map_shared_rank(red, q)[r * L::kRedStride + c];
+      } else {
+        sum = red[r * L::kRedStride + c];
+      }
+      const int64_t o =
+          kBatchLeading ? (n0 + c) * p.out_dim + out_base + r : (out_base + r) * p.n + n0 + c;
+      out[o] = from_float<T>(sum);
+    }
+    if (csize > 1) {
+      cg::this_cluster().sync();  // no block reuses or leaves its tile while others read it
+    } else {
+      __syncthreads();
+    }
+  }
+}
+
+template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
+cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                   const SpmmOptions& options) {
+  using L = SpmmSmem<T, Cfg, kBatchLeading>;
+  auto kernel = spmm_kernel<T, Cfg, kTranspose, kBatchLeading>;
+  SpmmParams p{};
+  p.block_ptr = a.block_ptr;
+  p.local = a.local;
+  p.values = a.values;
+  p.units = a.units;
+  p.dense = a.dense;
+  p.out = a.out;
+  p.nnz = a.nnz;
+  p.n = a.n;
+  p.in_dim = a.shape.in_dim();
+  p.out_dim = a.shape.out_dim();
+  p.num_units = a.num_units;
+  p.num_lines = a.shape.num_lines();
+  p.line_length = a.shape.line_length();
+  p.block_cols = a.shape.block_cols();
+  p.num_tiles = (a.n + Cfg::kTileN - 1) / Cfg::kTileN;
+  const auto addr = reinterpret_cast<uintptr_t>(a.dense);
+  p.vec_ok = kBatchLeading ? (p.in_dim * sizeof(T)) % 4 == 0 && addr % 4 == 0
+                           : (p.n * sizeof(T)) % 16 == 0 && addr % 16 == 0;
+
+  // Cluster size: split lines only when lines x n-tiles leave the GPU underused (fewer than two
+  // thread blocks per multiprocessor), and never into more pieces than a line has positions.
+  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
+  int csize = options.cluster;
+  if (csize <= 0) {
+    csize = 1;
+    while (csize < 8 && p.num_lines * tiles_y * csize < 2 * int64_t{dev.num_sms} &&
+           csize * 2 <= p.line_length) {
+      csize *= 2;
+    }
+  }
+  if (csize != 1 && csize != 2 && csize != 4 && csize != 8) return cudaErrorInvalidValue;
+  p.cluster = csize;
+  if (p.num_lines * csize > INT32_MAX) return cudaErrorInvalidConfiguration;
+
+  const size_t smem = L::kBytes;
+  if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+
+  cudaLaunchConfig_t config{};
+  config.gridDim =
+      dim3(static_cast<unsigned>(p.num_lines * csize), static_cast<unsigned>(tiles_y), 1);
+  config.blockDim = dim3(Cfg::kThreads, 1, 1);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = csize;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = csize > 1 ? 1 : 0;
+  err = cudaLaunchKernelEx(&config, kernel, p);
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
+template <typename T, class Cfg>
+cudaError_t launch_layout(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                          const SpmmOptions& options) {
+  const bool tr = a.shape.transpose, bl = a.batch_leading;
+  if (!tr && !bl) return launch<T, Cfg, false, false>(a, dev, stream, options);
+  if (!tr && bl) return launch<T, Cfg, false, true>(a, dev, stream, options);
+  if (tr && !bl) return launch<T, Cfg, true, false>(a, dev, stream, options);
+  return launch<T, Cfg, true, true>(a, dev, stream, options);
+}
+
+}  // namespace spmm_detail
+
+// SpMM for value type T, every block size; instantiated once per type in cuda_spmm_<type>.cu so
+// that the kernels compile in parallel.
+template <typename T>
+cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                              const SpmmOptions& options) {
+  return dispatch_beta(a.shape.block_size, [&](auto beta) {
+    using Cfg = typename SelectSpmm<decltype(beta)::value>::type;
+    return spmm_detail::launch_layout<T, Cfg>(a, dev, stream, options);
+  });
+}
+
+}  // namespace jaxcsb::cuda

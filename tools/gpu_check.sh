@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The GPU machine's check of the CUDA build: build, test suite, kernel check, sanitizers,
+# benchmark. Logs and summary.txt go to OUTDIR.
+#
+#   tools/gpu_check.sh OUTDIR
+#
+# Steps (GPU_CHECK_STEPS selects a subset, default all of them):
+#   build     JAXCSB_CUDA=ON pip install --no-build-isolation . (log: build.log), then the
+#             standalone kernel program tools/kernel_check.cu linked to the built kernels
+#   pytest    JAX_PLATFORMS=cuda python -m pytest python_tests (log: pytest.log)
+#   check     kernel_check check: every kernel variant against a float64 reference (check.log)
+#   sanitize  compute-sanitizer memcheck, racecheck, initcheck, synccheck over the small check
+#   bench     kernel_check bench (CUDA events) and tools/gpu_bench_kernels.py (jaxcsb through
+#             JAX beside torch.sparse CSR and dense), with determinism checks (bench*.log)
+# KERNEL_CHECK_BIN=path uses a prebuilt kernel_check instead of building one.
+set -u -o pipefail
+
+OUT=${1:?usage: tools/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+STEPS=${GPU_CHECK_STEPS:-build pytest check sanitize bench}
+PY=${PYTHON:-python3}
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+export PYTHONUNBUFFERED=1
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+# Runs a step with a log, records its status and duration in the summary.
+step() {
+  local name=$1 log=$2
+  shift 2
+  local t0=$SECONDS
+  "$@" >"$OUT/$log" 2>&1
+  local rc=$?
+  note "$(printf '%-10s %s  (%ds, log %s)' "$name" "$([ $rc = 0 ] && echo PASS || echo "FAIL rc=$rc")" $((SECONDS - t0)) "$log")"
+  return $rc
+}
+
+note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+note "$($PY -c 'import jax, sys; print("python", sys.version.split()[0], "jax", jax.__version__)' 2>&1 | tail -1)"
+
+KC=${KERNEL_CHECK_BIN:-}
+if has build; then
+  step build build.log env JAXCSB_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -v .
+  if [ -z "$KC" ]; then
+    LIB=$(find build -name libjaxcsb_cuda_kernels.a -newer pyproject.toml 2>/dev/null | head -1)
+    [ -z "$LIB" ] && LIB=$(find build -name libjaxcsb_cuda_kernels.a | head -1)
+    KC="$OUT/kernel_check.bin"
+    step kc-build kernel_check_build.log nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr \
+      -Icuda tools/kernel_check.cu "$LIB" -o "$KC"
+  fi
+fi
+[ -z "$KC" ] && KC=build/kc/kernel_check
+
+if has pytest; then
+  step pytest pytest.log env JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    $PY -m pytest python_tests -q -p no:cacheprovider
+  note "           $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)"
+fi
+
+if has check; then
+  step check check.log "$KC" check
+  note "           $(tail -1 "$OUT/check.log")"
+fi
+
+if has sanitize; then
+  CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+  for tool in memcheck racecheck initcheck synccheck; do
+    mode=quick
+    [ "$tool" != memcheck ] && mode=tiny
+    step "$tool" "sanitize_$tool.log" "$CS" --tool "$tool" --error-exitcode 3 "$KC" check "$mode"
+    note "           $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1)"
+  done
+fi
+
+if has bench; then
+  step kc-bench bench_kernels.log "$KC" bench 64
+  grep -E '^(bench|spmm|sddmm)' "$OUT/bench_kernels.log" | tee -a "$SUMMARY"
+  step py-bench bench_peers.log env XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    $PY tools/gpu_bench_kernels.py
+  sed -n '/^product/,$p' "$OUT/bench_peers.log" | tee -a "$SUMMARY"
+fi
+note "done in ${SECONDS}s"

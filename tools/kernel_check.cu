@@ -1,0 +1,508 @@
+// Standalone check and benchmark of the CUDA kernels, without Python.
+//
+//   kernel_check check [quick|tiny]  every kernel variant (types, block sizes, directions,
+//                                layouts, cluster sizes) on awkward random problems against a
+//                                float64 host reference; outputs poisoned before each run; each
+//                                run twice and compared bitwise. `quick` and `tiny` keep the
+//                                problems small for compute-sanitizer (tiny for its slow tools).
+//   kernel_check bench [beta]    4096 x 1024 at 90% sparsity, n = 4096, float32: both
+//                                directions and layouts and SDDMM, median of repeats with
+//                                CUDA events, plus a 3-run bitwise determinism check.
+//
+// Exit status 0 only when every case passed.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_kernels.h"
+
+using namespace jaxcsb;
+using namespace jaxcsb::cuda;
+
+#define CHECK_CUDA(x)                                                                          \
+  do {                                                                                         \
+    cudaError_t e_ = (x);                                                                      \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                            \
+    }                                                                                          \
+  } while (0)
+
+namespace {
+
+const char* dtype_name(DType t) {
+  return t == DType::kF32 ? "f32" : t == DType::kBF16 ? "bf16" : "f16";
+}
+size_t dtype_size(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// Rounds x to the value type and returns it as float (host).
+float round_to(DType t, float x) {
+  if (t == DType::kF32) return x;
+  if (t == DType::kBF16) return __bfloat162float(__float2bfloat16_rn(x));
+  return __half2float(__float2half_rn(x));
+}
+
+// Encodes float values (already representable) into the type's bytes.
+std::vector<uint8_t> encode(DType t, const std::vector<float>& v) {
+  std::vector<uint8_t> out(v.size() * dtype_size(t));
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (t == DType::kF32) {
+      std::memcpy(&out[4 * i], &v[i], 4);
+    } else if (t == DType::kBF16) {
+      __nv_bfloat16 h = __float2bfloat16_rn(v[i]);
+      std::memcpy(&out[2 * i], &h, 2);
+    } else {
+      __half h = __float2half_rn(v[i]);
+      std::memcpy(&out[2 * i], &h, 2);
+    }
+  }
+  return out;
+}
+
+std::vector<float> decode(DType t, const std::vector<uint8_t>& b) {
+  std::vector<float> out(b.size() / dtype_size(t));
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (t == DType::kF32) {
+      std::memcpy(&out[i], &b[4 * i], 4);
+    } else if (t == DType::kBF16) {
+      __nv_bfloat16 h;
+      std::memcpy(&h, &b[2 * i], 2);
+      out[i] = __bfloat162float(h);
+    } else {
+      __half h;
+      std::memcpy(&h, &b[2 * i], 2);
+      out[i] = __half2float(h);
+    }
+  }
+  return out;
+}
+
+struct HostCsb {
+  CsbShape shape;
+  std::vector<int32_t> block_ptr;
+  std::vector<uint16_t> local;
+  std::vector<float> values;
+  std::vector<int32_t> units[2];  // forward, transposed
+  // Coordinates of each nonzero in the stored matrix.
+  std::vector<int64_t> row, col;
+};
+
+// Unit boundaries as jaxcsb/_schedule.py builds them: cut a line where the nonzeros before a
+// block cross a multiple of `target`.
+std::vector<int32_t> line_units(const HostCsb& m, bool transpose, int64_t target) {
+  CsbShape s = m.shape;
+  s.transpose = transpose;
+  std::vector<int32_t> u;
+  for (int64_t line = 0; line < s.num_lines(); ++line) {
+    int64_t before = 0, last_bucket = -1;
+    for (int64_t p = 0; p < s.line_length(); ++p) {
+      const int64_t b = s.block_at(line, p);
+      const int64_t bucket = before / target;
+      if (p == 0 || bucket != last_bucket)
+        u.push_back(static_cast<int32_t>(line * s.line_length() + p));
+      last_bucket = bucket;
+      before += m.block_ptr[b + 1] - m.block_ptr[b];
+    }
+  }
+  u.push_back(static_cast<int32_t>(s.num_lines() * s.line_length()));
+  return u;
+}
+
+// A random CSB matrix with the given density; row `empty_row` and block `empty_block` (when
+// in range) are left empty on purpose.
+HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t, std::mt19937& rng,
+                   int64_t unit_target, int64_t empty_row = 3, int64_t empty_block = 1) {
+  HostCsb m;
+  m.shape = CsbShape{rows, cols, beta, false};
+  std::uniform_real_distribution<float> val(-1.0f, 1.0f);
+  std::bernoulli_distribution keep(density);
+  const int64_t nbc = m.shape.block_cols();
+  m.block_ptr.push_back(0);
+  for (int64_t b = 0; b < m.shape.num_blocks(); ++b) {
+    const int64_t r0 = b / nbc * beta, c0 = b % nbc * beta;
+    for (int64_t r = r0; r < std::min<int64_t>(rows, r0 + beta); ++r) {
+      for (int64_t c = c0; c < std::min<int64_t>(cols, c0 + beta); ++c) {
+        if (r == empty_row || b == empty_block || !keep(rng)) continue;
+        m.local.push_back(static_cast<uint16_t>((r - r0) << 8 | (c - c0)));
+        float v = round_to(t, val(rng));
+        if (v == 0.0f) v = 0.5f;
+        m.values.push_back(v);
+        m.row.push_back(r);
+        m.col.push_back(c);
+      }
+    }
+    m.block_ptr.push_back(static_cast<int32_t>(m.local.size()));
+  }
+  m.units[0] = line_units(m, false, unit_target);
+  m.units[1] = line_units(m, true, unit_target);
+  return m;
+}
+
+template <typename V>
+V* to_device(const std::vector<V>& h) {
+  V* d = nullptr;
+  CHECK_CUDA(cudaMalloc(&d, std::max<size_t>(1, h.size() * sizeof(V))));
+  if (!h.empty()) CHECK_CUDA(cudaMemcpy(d, h.data(), h.size() * sizeof(V), cudaMemcpyHostToDevice));
+  return d;
+}
+
+struct DeviceCsb {
+  int32_t* block_ptr = nullptr;
+  uint16_t* local = nullptr;
+  uint8_t* values = nullptr;
+  int32_t* units[2] = {nullptr, nullptr};
+  explicit DeviceCsb(const HostCsb& m, DType t) {
+    block_ptr = to_device(m.block_ptr);
+    local = to_device(m.local);
+    values = to_device(encode(t, m.values));
+    units[0] = to_device(m.units[0]);
+    units[1] = to_device(m.units[1]);
+  }
+  ~DeviceCsb() {
+    cudaFree(block_ptr);
+    cudaFree(local);
+    cudaFree(values);
+    cudaFree(units[0]);
+    cudaFree(units[1]);
+  }
+};
+
+std::vector<float> random_dense(size_t count, DType t, std::mt19937& rng) {
+  std::uniform_real_distribution<float> val(-1.0f, 1.0f);
+  std::vector<float> v(count);
+  for (auto& x : v) x = round_to(t, val(rng));
+  return v;
+}
+
+double tolerance(DType t) { return t == DType::kF32 ? 1e-5 : 1e-2; }
+
+// Relative Frobenius error; infinite when any output is not finite (an unwritten poisoned
+// element, or a NaN).
+double rel_error(const std::vector<float>& got, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+int failures = 0, cases = 0;
+
+void report(const std::string& name, double err, double tol, bool deterministic) {
+  ++cases;
+  const bool ok = err <= tol && deterministic;
+  if (!ok) ++failures;
+  if (!ok || std::getenv("KERNEL_CHECK_VERBOSE")) {
+    std::printf("%s %-70s err=%.3g%s\n", ok ? "ok  " : "FAIL", name.c_str(), err,
+                deterministic ? "" : " NOT DETERMINISTIC");
+  }
+}
+
+// Runs `launch` twice into a poisoned output and returns the first result's bytes; sets
+// *same when both runs agree bitwise.
+template <typename F>
+std::vector<uint8_t> run_twice(void* out, size_t bytes, F launch, bool* same) {
+  std::vector<uint8_t> a(bytes), b(bytes);
+  for (int rep = 0; rep < 2; ++rep) {
+    CHECK_CUDA(cudaMemset(out, 0xff, std::max<size_t>(bytes, 1)));
+    CHECK_CUDA(launch());
+    CHECK_CUDA(cudaDeviceSynchronize());
+    if (bytes)
+      CHECK_CUDA(cudaMemcpy(rep ? b.data() : a.data(), out, bytes, cudaMemcpyDeviceToHost));
+  }
+  *same = a == b;
+  return a;
+}
+
+void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch_leading,
+                int cluster, std::mt19937& rng, const DeviceInfo& dev) {
+  CsbShape s = m.shape;
+  s.transpose = transpose;
+  const int64_t in_dim = s.in_dim(), out_dim = s.out_dim();
+  std::vector<float> dense = random_dense(in_dim * n, t, rng);
+  // Reference in float64: out[o, k] = sum_i op(S)[o, i] * D[i, k].
+  std::vector<double> ref(out_dim * n, 0.0);
+  for (size_t e = 0; e < m.values.size(); ++e) {
+    const int64_t o = transpose ? m.col[e] : m.row[e], i = transpose ? m.row[e] : m.col[e];
+    for (int64_t k = 0; k < n; ++k) {
+      const double d = batch_leading ? dense[k * in_dim + i] : dense[i * n + k];
+      ref[batch_leading ? k * out_dim + o : o * n + k] += double{m.values[e]} * d;
+    }
+  }
+  DeviceCsb dm(m, t);
+  uint8_t* dd = to_device(encode(t, dense));
+  const size_t out_bytes = out_dim * n * dtype_size(t);
+  uint8_t* dout = nullptr;
+  CHECK_CUDA(cudaMalloc(&dout, std::max<size_t>(out_bytes, 1)));
+  SpmmArgs a;
+  a.shape = s;
+  a.n = n;
+  a.nnz = static_cast<int64_t>(m.values.size());
+  a.batch_leading = batch_leading;
+  a.dtype = t;
+  a.block_ptr = dm.block_ptr;
+  a.local = dm.local;
+  a.values = dm.values;
+  a.units = dm.units[transpose];
+  a.num_units = static_cast<int64_t>(m.units[transpose].size()) - 1;
+  a.dense = dd;
+  a.out = dout;
+  SpmmOptions opt;
+  opt.cluster = cluster;
+  bool same = false;
+  auto bytes = run_twice(dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, &same);
+  const double err = rel_error(decode(t, bytes), ref);
+  char name[256];
+  std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d",
+                dtype_name(t), long(m.shape.rows), long(m.shape.cols), m.shape.block_size,
+                m.values.size(), long(n), transpose ? "T" : "N", batch_leading ? "batch" : "feat",
+                cluster);
+  report(name, err, tolerance(t), same);
+  cudaFree(dd);
+  cudaFree(dout);
+}
+
+void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt19937& rng,
+                 const DeviceInfo& dev) {
+  const int64_t rows = m.shape.rows, cols = m.shape.cols;
+  std::vector<float> lhs = random_dense(rows * n, t, rng), rhs = random_dense(cols * n, t, rng);
+  std::vector<double> ref(m.values.size(), 0.0);
+  for (size_t e = 0; e < m.values.size(); ++e) {
+    double acc = 0;
+    for (int64_t k = 0; k < n; ++k) {
+      const double l = lt ? lhs[k * rows + m.row[e]] : lhs[m.row[e] * n + k];
+      const double r = rt ? rhs[m.col[e] * n + k] : rhs[k * cols + m.col[e]];
+      acc += l * r;
+    }
+    ref[e] = acc;
+  }
+  DeviceCsb dm(m, t);
+  uint8_t* dl = to_device(encode(t, lhs));
+  uint8_t* dr = to_device(encode(t, rhs));
+  const size_t out_bytes = m.values.size() * dtype_size(t);
+  uint8_t* dout = nullptr;
+  CHECK_CUDA(cudaMalloc(&dout, std::max<size_t>(out_bytes, 1)));
+  SddmmArgs a;
+  a.shape = m.shape;
+  a.n = n;
+  a.nnz = static_cast<int64_t>(m.values.size());
+  a.lhs_transposed = lt;
+  a.rhs_transposed = rt;
+  a.dtype = t;
+  a.block_ptr = dm.block_ptr;
+  a.local = dm.local;
+  a.lhs = dl;
+  a.rhs = dr;
+  a.out = dout;
+  bool same = false;
+  auto bytes = run_twice(dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, &same);
+  const double err = rel_error(decode(t, bytes), ref);
+  char name[256];
+  std::snprintf(name, sizeof name, "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d",
+                dtype_name(t), long(rows), long(cols), m.shape.block_size, m.values.size(), long(n),
+                lt, rt);
+  report(name, err, tolerance(t), same);
+  cudaFree(dl);
+  cudaFree(dr);
+  cudaFree(dout);
+}
+
+int run_check(int level, const DeviceInfo& dev) {
+  const bool quick = level > 0, tiny = level > 1;
+  std::mt19937 rng(1234);
+  struct Problem {
+    int64_t rows, cols;
+    double density;
+  };
+  // Awkward shapes: not multiples of beta, single rows/columns, a tiny matrix.
+  const std::vector<Problem> problems =
+      tiny    ? std::vector<Problem>{{70, 150, 0.3}}
+      : quick ? std::vector<Problem>{{37, 300, 0.2}, {300, 45, 0.3}}
+              : std::vector<Problem>{{37, 300, 0.2}, {300, 45, 0.3}, {520, 390, 0.1},
+                                     {1, 77, 0.5},   {90, 1, 0.5},   {5, 3, 1.0}};
+  const std::vector<int64_t> ns =
+      quick ? std::vector<int64_t>{1, 133} : std::vector<int64_t>{1, 4, 37, 130, 300};
+  const DType types[] = {DType::kF32, DType::kBF16, DType::kF16};
+  const int betas[] = {16, 32, 64, 128, 256};
+  for (const auto& pr : problems) {
+    for (int beta : betas) {
+      for (DType t : types) {
+        // Small unit target: lines split into several units, so clusters have work to share.
+        HostCsb m = random_csb(pr.rows, pr.cols, beta, pr.density, t, rng, /*unit_target=*/64);
+        for (int64_t n : ns) {
+          for (int tr = 0; tr < 2; ++tr) {
+            for (int bl = 0; bl < 2; ++bl) {
+              for (int cluster : {0, 1, 2, 8}) {
+                if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
+                check_spmm(m, t, n, tr, bl, cluster, rng, dev);
+              }
+            }
+          }
+          for (int lt = 0; lt < 2; ++lt) {
+            for (int rt = 0; rt < 2; ++rt) check_sddmm(m, t, n, lt, rt, rng, dev);
+          }
+        }
+      }
+    }
+  }
+  // nnz = 0, and a matrix whose blocks are dense (several sort chunks per block).
+  for (DType t : types) {
+    HostCsb empty = random_csb(70, 50, 16, 0.0, t, rng, 64);
+    for (int tr = 0; tr < 2; ++tr) check_spmm(empty, t, 9, tr, false, 0, rng, dev);
+    check_sddmm(empty, t, 9, false, false, rng, dev);
+    HostCsb full =
+        random_csb(quick ? 130 : 300, quick ? 70 : 260, 64, 1.0, t, rng, 1 << 30, -1, -1);
+    for (int tr = 0; tr < 2; ++tr) {
+      for (int bl = 0; bl < 2; ++bl) check_spmm(full, t, 70, tr, bl, 0, rng, dev);
+    }
+    check_sddmm(full, t, 70, true, false, rng, dev);
+    HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, 1 << 30, -1, -1);
+    for (int tr = 0; tr < 2; ++tr) check_spmm(full256, t, 33, tr, true, 0, rng, dev);
+    check_sddmm(full256, t, 33, false, true, rng, dev);
+  }
+  std::printf("check: %d cases, %d failures\n", cases, failures);
+  return failures ? 1 : 0;
+}
+
+// Median time of one launch in milliseconds.
+template <typename F>
+float time_ms(F launch, int reps = 20, int rounds = 7) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) CHECK_CUDA(launch());
+  std::vector<float> t;
+  for (int r = 0; r < rounds; ++r) {
+    CHECK_CUDA(cudaEventRecord(a));
+    for (int i = 0; i < reps; ++i) CHECK_CUDA(launch());
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms / reps);
+  }
+  std::sort(t.begin(), t.end());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return t[t.size() / 2];
+}
+
+int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, double density,
+              int64_t n) {
+  std::mt19937 rng(7);
+  const DType t = DType::kF32;
+  const int64_t nnz_target = static_cast<int64_t>(rows * cols * density);
+  const int64_t unit_target = std::max<int64_t>(beta * beta / 4, (nnz_target + 2047) / 2048);
+  HostCsb m = random_csb(rows, cols, beta, density, t, rng, unit_target, -1, -1);
+  const int64_t nnz = static_cast<int64_t>(m.values.size());
+  DeviceCsb dm(m, t);
+  const int64_t big = std::max(rows, cols) * n;
+  uint8_t* d_in = to_device(encode(t, random_dense(big, t, rng)));
+  uint8_t* d_in2 = to_device(encode(t, random_dense(big, t, rng)));
+  uint8_t* d_out = nullptr;
+  CHECK_CUDA(cudaMalloc(&d_out, std::max(big, nnz) * 4));
+  const double flop = 2.0 * nnz * n;
+  std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d float32 (%d SMs)\n", long(rows),
+              long(cols), density, long(nnz), long(n), beta, dev.num_sms);
+  int bad = 0;
+  for (int tr = 0; tr < 2; ++tr) {
+    for (int bl = 0; bl < 2; ++bl) {
+      SpmmArgs a;
+      a.shape = m.shape;
+      a.shape.transpose = tr;
+      a.n = n;
+      a.nnz = nnz;
+      a.batch_leading = bl;
+      a.dtype = t;
+      a.block_ptr = dm.block_ptr;
+      a.local = dm.local;
+      a.values = dm.values;
+      a.units = dm.units[tr];
+      a.num_units = static_cast<int64_t>(m.units[tr].size()) - 1;
+      a.dense = d_in;
+      a.out = d_out;
+      auto launch = [&] { return launch_spmm(a, dev, nullptr); };
+      const float ms = time_ms(launch);
+      // Determinism: three runs bitwise equal.
+      const size_t bytes = a.shape.out_dim() * n * 4;
+      std::vector<uint8_t> r0(bytes), r1(bytes);
+      bool same = true;
+      for (int rep = 0; rep < 3; ++rep) {
+        CHECK_CUDA(cudaMemset(d_out, 0xff, bytes));
+        CHECK_CUDA(launch());
+        CHECK_CUDA(cudaMemcpy(rep ? r1.data() : r0.data(), d_out, bytes, cudaMemcpyDeviceToHost));
+        if (rep) same = same && r0 == r1;
+      }
+      bad += !same;
+      std::printf("spmm  %s %-5s  %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
+                  tr ? "A^T.B" : "A.B  ", bl ? "batch" : "feat", ms, flop / ms / 1e9,
+                  same ? "yes" : "NO");
+    }
+  }
+  for (int lt = 0; lt < 2; ++lt) {
+    SddmmArgs a;
+    a.shape = m.shape;
+    a.n = n;
+    a.nnz = nnz;
+    a.lhs_transposed = lt;
+    a.rhs_transposed = false;
+    a.dtype = t;
+    a.block_ptr = dm.block_ptr;
+    a.local = dm.local;
+    a.lhs = d_in;
+    a.rhs = d_in2;
+    a.out = d_out;
+    auto launch = [&] { return launch_sddmm(a, dev, nullptr); };
+    const float ms = time_ms(launch);
+    std::vector<uint8_t> r0(nnz * 4), r1(nnz * 4);
+    bool same = true;
+    for (int rep = 0; rep < 3; ++rep) {
+      CHECK_CUDA(cudaMemset(d_out, 0xff, nnz * 4));
+      CHECK_CUDA(launch());
+      CHECK_CUDA(cudaMemcpy(rep ? r1.data() : r0.data(), d_out, nnz * 4, cudaMemcpyDeviceToHost));
+      if (rep) same = same && r0 == r1;
+    }
+    bad += !same;
+    std::printf("sddmm lhs_t=%d        %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n", lt, ms,
+                flop / ms / 1e9, same ? "yes" : "NO");
+  }
+  cudaFree(d_in);
+  cudaFree(d_in2);
+  cudaFree(d_out);
+  return bad ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "check";
+  DeviceInfo dev;
+  CHECK_CUDA(device_info(nullptr, &dev));
+  if (mode == "check") {
+    const std::string level = argc > 2 ? argv[2] : "";
+    return run_check(level == "tiny" ? 2 : level == "quick" ? 1 : 0, dev);
+  }
+  if (mode == "bench") {
+    const int beta = argc > 2 ? std::atoi(argv[2]) : 64;
+    const int64_t rows = argc > 3 ? std::atol(argv[3]) : 4096;
+    const int64_t cols = argc > 4 ? std::atol(argv[4]) : 1024;
+    const double density = argc > 5 ? std::atof(argv[5]) : 0.1;
+    const int64_t n = argc > 6 ? std::atol(argv[6]) : 4096;
+    return run_bench(beta, dev, rows, cols, density, n);
+  }
+  std::fprintf(stderr, "usage: %s check [quick|tiny] | bench [beta rows cols density n]\n",
+               argv[0]);
+  return 2;
+}
