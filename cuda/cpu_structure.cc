@@ -17,9 +17,13 @@ ffi::Error check_structure_contents(const CsbShape& s, const int32_t* block_ptr,
   const int64_t beta = s.block_size;
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t e0 = block_ptr[b], e1 = block_ptr[b + 1];
-    if (e1 < e0) {
-      return ffi::Error::InvalidArgument("jaxcsb: block_ptr decreases at block " +
-                                         std::to_string(b));
+    // e0 >= 0 holds by induction from block_ptr[0] == 0; e1 <= nnz must be checked before
+    // local[e0 .. e1) is read, since a later decrease would be found too late.
+    if (e1 < e0 || e1 > nnz) {
+      return ffi::Error::InvalidArgument(
+          "jaxcsb: block_ptr must not decrease and stay within 0..nnz = " + std::to_string(nnz) +
+          ", got block_ptr[" + std::to_string(b) + ".." + std::to_string(b + 1) +
+          "] = " + std::to_string(e0) + ", " + std::to_string(e1));
     }
     const int64_t rows = std::min(beta, s.rows - b / s.block_cols() * beta);
     const int64_t cols = std::min(beta, s.cols - b % s.block_cols() * beta);

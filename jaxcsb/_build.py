@@ -29,6 +29,10 @@ def check_shape(shape) -> tuple[int, int]:
         raise ValueError(f"shape must be a pair of ints (rows, cols), got {shape!r}") from None
     if rows < 0 or cols < 0:
         raise ValueError(f"shape must have non-negative dimensions, got {shape!r}")
+    if max(rows, cols) > INT32_MAX:
+        raise ValueError(
+            f"shape must have dimensions of at most 2^31 - 1 (coordinates are int32), got {shape!r}"
+        )
     return rows, cols
 
 

@@ -9,6 +9,8 @@ size and whether this object is the transposed view of the stored matrix.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,8 @@ from ._dtypes import check_value_dtype
 from ._schedule import build_units
 
 
+# Jitted so that eager calls compile once per shape instead of once per jnp operation.
+@functools.partial(jax.jit, static_argnames=("stored_shape", "block_size"))
 def coordinates(block_ptr, local, stored_shape, block_size):
     """Global (row, col) of every stored nonzero, as int32 arrays (works under jit)."""
     nnz = local.shape[0]
@@ -30,6 +34,11 @@ def coordinates(block_ptr, local, stored_shape, block_size):
     row = (block // max(block_cols, 1)) * block_size + (local >> 8)
     col = (block % max(block_cols, 1)) * block_size + (local & 0xFF)
     return row, col
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _scatter(values, row, col, shape):
+    return jnp.zeros(shape, values.dtype).at[row, col].set(values)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -136,7 +145,7 @@ class CSB:
 
     def todense(self):
         row, col = self.coordinates()
-        return jnp.zeros(self.shape, self.dtype).at[row, col].set(self.values)
+        return _scatter(self.values, row, col, self.shape)
 
     def to_bcoo(self):
         from jax.experimental import sparse
@@ -148,10 +157,15 @@ class CSB:
         )
 
     def to_scipy_sparse(self):
+        """A scipy.sparse COO matrix. scipy has no bfloat16 or float16, so those values are
+        widened (exactly) to float32."""
         import scipy.sparse
 
         row, col = (np.asarray(a) for a in self.coordinates())
-        return scipy.sparse.coo_matrix((np.asarray(self.values), (row, col)), shape=self.shape)
+        values = np.asarray(self.values)
+        if values.dtype != np.float32:
+            values = values.astype(np.float32)
+        return scipy.sparse.coo_matrix((values, (row, col)), shape=self.shape)
 
     # constructors -----------------------------------------------------------------------------
     @classmethod
@@ -203,7 +217,9 @@ class CSB:
     @classmethod
     def from_bcoo(cls, m, *, block_size=None, dtype=None) -> CSB:
         """From a jax.experimental.sparse BCOO (or BCSR) matrix without batch or dense
-        dimensions. Duplicate indices raise ValueError."""
+        dimensions. Duplicate indices raise ValueError. Entries whose index equals the shape,
+        the padding that JAX writes (``BCOO.fromdense(x, nse=...)``, ``sum_duplicates``), are
+        dropped; any other index out of range raises ValueError."""
         from jax.experimental import sparse
 
         if isinstance(m, sparse.BCSR):
@@ -215,11 +231,14 @@ class CSB:
                 f"m must be a 2-D BCOO with no batch or dense dimensions, got n_batch="
                 f"{m.n_batch}, n_dense={m.n_dense}, shape={m.shape}"
             )
-        indices = np.asarray(m.indices)
+        indices, data = np.asarray(m.indices), np.asarray(m.data)
+        padding = (indices[:, 0] == m.shape[0]) & (indices[:, 1] == m.shape[1])
+        if padding.any():
+            indices, data = indices[~padding], data[~padding]
         return cls.from_coo(
             indices[:, 0],
             indices[:, 1],
-            np.asarray(m.data),
+            data,
             m.shape,
             block_size=block_size,
             dtype=dtype,

@@ -177,7 +177,13 @@ def _dense_operand(x, name):
     if isinstance(x, CSB):
         raise ValueError(f"{name} must be a dense array: exactly one operand may be a CSB matrix")
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = jnp.asarray(x)
+        try:
+            x = jnp.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"{name} must be an array (or something jnp.asarray accepts), got "
+                f"{type(x).__name__}: {e}"
+            ) from None
     return x
 
 
@@ -207,8 +213,8 @@ def csb_matmul(a, b, *, impl: str = "auto"):
     _check_impl(impl)
     if isinstance(a, CSB) == isinstance(b, CSB):
         raise ValueError(
-            f"csb_matmul needs exactly one CSB operand, got {type(a).__name__} and "
-            f"{type(b).__name__}"
+            f"csb_matmul needs exactly one CSB operand, got a: {type(a).__name__} and "
+            f"b: {type(b).__name__}"
         )
     sparse_left = isinstance(a, CSB)
     A = a if sparse_left else b
@@ -235,7 +241,8 @@ def csb_matmul(a, b, *, impl: str = "auto"):
                 f"inner dimensions differ: A has shape {A.shape}, so a needs a last "
                 f"dimension of {m}, got a.shape={x.shape}"
             )
-        dense = x.reshape(-1, m)
+        # Not reshape(-1, m): that is ambiguous when m == 0.
+        dense = x.reshape(math.prod(x.shape[:-1]), m)
     p = Spmm(
         stored_shape=A.stored_shape,
         block_size=A.block_size,

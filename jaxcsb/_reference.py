@@ -6,6 +6,8 @@ reference the tests compare the kernels against. Accumulates in float32 like the
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -13,6 +15,9 @@ from ._format import coordinates
 from ._problem import Sddmm, Spmm
 
 
+# Jitted (the problem description is static) so that eager calls compile once per shape
+# instead of once per jnp operation.
+@functools.partial(jax.jit, static_argnums=0)
 def spmm(p: Spmm, values, dense, block_ptr, local):
     row, col = coordinates(block_ptr, local, p.stored_shape, p.block_size)
     out_idx, in_idx = (col, row) if p.transpose else (row, col)
@@ -27,6 +32,7 @@ def spmm(p: Spmm, values, dense, block_ptr, local):
     return out.astype(values.dtype)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def sddmm(p: Sddmm, lhs, rhs, block_ptr, local):
     row, col = coordinates(block_ptr, local, p.stored_shape, p.block_size)
     left = lhs.T if p.lhs_transposed else lhs  # (rows, n)

@@ -1,0 +1,96 @@
+"""Every product and layout, every dtype and implementation, against a float64 reference and
+against the pure-JAX implementation."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import (
+    BATCHES,
+    DTYPE_IDS,
+    DTYPES,
+    N_FLAT,
+    SHAPE,
+    apply,
+    assert_close,
+    dense_operand_shape,
+    random_dense,
+    reference,
+    sddmm_reference,
+    seed_of,
+    standard_csb,
+)
+
+import jaxcsb
+
+N = N_FLAT
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["A@B", "AT@B"])
+def test_sparse_left(layout, dtype, impl):
+    seed = seed_of(layout, dtype, impl)
+    A, w = standard_csb(dtype, seed)
+    x = jnp.asarray(random_dense(dense_operand_shape(layout, SHAPE, N), dtype, seed + 7))
+    out = apply(layout, A, x, impl)
+    assert out.dtype == dtype
+    want, scale = reference(layout, w, x)
+    assert_close(out, want, scale, dtype, f"{layout} {impl}")
+    # The pure-JAX implementation is a second, independent reference.
+    assert_close(out, apply(layout, A, x, "jax"), 2 * scale, dtype, f"{layout} {impl} vs jax")
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=["1dim", "2dims", "3dims"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["X@A", "X@AT"])
+def test_sparse_right_any_batch_dims(layout, dtype, batch, impl):
+    """X has 1, 2 or 3 leading dimensions before the contracted one."""
+    seed = seed_of(layout, dtype, batch, impl)
+    A, w = standard_csb(dtype, seed)
+    x = jnp.asarray(random_dense(dense_operand_shape(layout, SHAPE, N, batch), dtype, seed + 7))
+    out = apply(layout, A, x, impl)
+    assert out.dtype == dtype
+    want, scale = reference(layout, w, x)
+    assert out.shape == want.shape
+    assert_close(out, want, scale, dtype, f"{layout} {impl}")
+    assert_close(out, apply(layout, A, x, "jax"), 2 * scale, dtype, f"{layout} {impl} vs jax")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("transposed", [False, True], ids=["A", "A.T"])
+def test_sddmm(transposed, dtype, impl):
+    seed = seed_of("sddmm", transposed, dtype, impl)
+    A, _ = standard_csb(dtype, seed)
+    P = A.T if transposed else A
+    m, k = P.shape
+    a = jnp.asarray(random_dense((m, N), dtype, seed + 1))
+    b = jnp.asarray(random_dense((N, k), dtype, seed + 2))
+    out = jaxcsb.sddmm(a, b, P, impl=impl)
+    assert isinstance(out, jaxcsb.CSB)
+    assert out.shape == P.shape and out.transposed == P.transposed and out.dtype == dtype
+    np.testing.assert_array_equal(out.block_ptr, A.block_ptr)
+    np.testing.assert_array_equal(out.local, A.local)
+    want, scale = sddmm_reference(A, a, b, transposed)
+    assert_close(out.values, want, scale, dtype, f"sddmm {impl}")
+    ref = jaxcsb.sddmm(a, b, P, impl="jax").values
+    assert_close(out.values, ref, 2 * scale, dtype, f"sddmm {impl} vs jax")
+
+
+@pytest.mark.parametrize("layout", ["A@B", "AT@B", "X@A", "X@AT"])
+def test_matmul_operator_matches_csb_matmul(layout):
+    """``@`` with a numpy or a jax operand on either side dispatches to csb_matmul."""
+    seed = seed_of("operator", layout)
+    A, w = standard_csb(np.float32, seed)
+    x_np = random_dense(dense_operand_shape(layout, SHAPE, N), np.float32, seed + 1)
+    want = apply(layout, A, x_np)
+    operators = {
+        "A@B": lambda x: A @ x,
+        "AT@B": lambda x: A.T @ x,
+        "X@A": lambda x: x @ A,
+        "X@AT": lambda x: x @ A.T,
+    }
+    for x in (x_np, jnp.asarray(x_np)):
+        got = operators[layout](x)
+        assert isinstance(got, jnp.ndarray)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
