@@ -110,18 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--plot", help="PNG path (default: the JSON path with .png)")
     out.add_argument("--no-plot", action="store_true", help="write no PNG")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--log", action="store_true", help="one line per finished case (stderr)")
     how = ap.add_argument_group("timing")
     how.add_argument("--timing", choices=("auto", "loop", "calls"), default="auto")
     how.add_argument(
         "--budget", type=float, default=None, help="seconds of repeats per peer and case"
     )
     how.add_argument("--target", type=float, default=None, help="seconds per timed repeat")
-    how.add_argument("--max-inner", type=int, default=256, help="most products per repeat")
+    how.add_argument("--max-inner", type=int, default=4096, help="most products per repeat")
     how.add_argument(
         "--ceilings",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="measure copy bandwidth and GEMM ceilings (default: on, except the tiny preset)",
+    )
+    how.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds after which no new case starts (the rest are listed as not run)",
     )
     how.add_argument("--seed", type=int, default=0)
     return ap
@@ -210,6 +217,8 @@ def main(argv=None) -> int:
         max_inner=args.max_inner,
         seed=args.seed,
         progress=not args.no_progress,
+        log=args.log,
+        time_limit_s=args.time_limit,
     )
     if preset == "tiny" and args.budget is None:
         settings.budget_s = 0.005

@@ -41,7 +41,7 @@ _CPU_PEERS = ("jaxcsb", "xla_dense", "bcsr", "bcoo", "scipy")
 PRESETS: dict[str, tuple[Group, ...]] = {
     # A few seconds on a CPU: every product, dtype path and peer once (used by the tests).
     "tiny": (
-        Group("tiny", ("uniform",), ((96, 80),), (0.9,), ns=(8,)),
+        Group("tiny", ("uniform",), ((96, 80),), (0.9,), ns=(8,), peers=_CPU_PEERS),
         Group(
             "tiny-bf16",
             ("skewed",),

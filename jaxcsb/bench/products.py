@@ -18,6 +18,8 @@ gradient, ``sddmm`` the weight gradient. Useful work is 2 * nnz * N flops for al
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import jax
@@ -41,9 +43,10 @@ DTYPES = {
 # accumulation; "tf32": XLA's default precision for float32 on GPUs (10-bit mantissa inputs).
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 5e-3, "tf32": 5e-3}
 
-# Above this many multiply-adds the reference is the dense product of the masked matrix on the
-# default device at precision="highest" instead of float64 numpy/scipy on the host.
-HOST_REFERENCE_MAX_MACS = 2e8
+# Rough host speeds for choosing how to compute the float64 reference (see attach_reference).
+SPARSE_MACS_PER_S = 3e8  # scipy.sparse CSR times dense, one thread
+DENSE_MACS_PER_S_PER_CORE = 4e9  # numpy float64 GEMM
+HOST_REFERENCE_MAX_S = 3.0
 
 
 def dtype_name(dtype) -> str:
@@ -115,11 +118,11 @@ def make_problem(m: Matrix, n: int, dtype, product: str, seed: int = 1) -> Probl
     return Problem(m, int(n), dtype, product, m.values.astype(dtype), operands)
 
 
-def _host_reference(p: Problem) -> np.ndarray:
+def _host_sparse_reference(p: Problem) -> np.ndarray:
+    """float64 through scipy.sparse (single-threaded; cost ~ nnz * N)."""
     import scipy.sparse
 
     m = p.matrix
-    vals = p.values.astype(np.float64)
     ops = [o.astype(np.float64) for o in p.operands]
     if p.product == "sddmm":
         lhs, rhs = ops
@@ -129,7 +132,7 @@ def _host_reference(p: Problem) -> np.ndarray:
             r, c = m.row[s : s + step], m.col[s : s + step]
             out[s : s + step] = np.einsum("en,en->e", lhs[r], rhs[:, c].T)
         return out
-    a = scipy.sparse.csr_matrix((vals, (m.row, m.col)), shape=m.shape)
+    a = scipy.sparse.csr_matrix((p.values.astype(np.float64), (m.row, m.col)), shape=m.shape)
     b = ops[0]
     return {
         "spmm": lambda: a @ b,
@@ -139,32 +142,61 @@ def _host_reference(p: Problem) -> np.ndarray:
     }[p.product]()
 
 
+def _host_dense_reference(p: Problem) -> np.ndarray:
+    """float64 through numpy's multithreaded BLAS on the masked matrix (cost ~ M * K * N)."""
+    m = p.matrix
+    ops = [o.astype(np.float64) for o in p.operands]
+    if p.product == "sddmm":
+        return (ops[0] @ ops[1])[m.row, m.col]
+    w, b = m.dense(np.float64, p.values.astype(np.float64)), ops[0]
+    return {
+        "spmm": lambda: w @ b,
+        "spmm_t": lambda: w.T @ b,
+        "xw_t": lambda: b @ w.T,
+        "xw": lambda: b @ w,
+    }[p.product]()
+
+
+@functools.partial(jax.jit, static_argnames="product")
+def _dense_product(w, ops, product):
+    hi = jax.lax.Precision.HIGHEST
+    if product == "sddmm":
+        return jnp.matmul(ops[0], ops[1], precision=hi)
+    b = ops[0]
+    if product == "spmm":
+        return jnp.matmul(w, b, precision=hi)
+    if product == "spmm_t":
+        return jnp.matmul(w.T, b, precision=hi)
+    if product == "xw_t":
+        return jnp.matmul(b, w.T, precision=hi)
+    return jnp.matmul(b, w, precision=hi)  # xw
+
+
 def _device_reference(p: Problem) -> np.ndarray:
     m = p.matrix
-    hi = jax.lax.Precision.HIGHEST
-    w = jnp.zeros(m.shape, jnp.float32).at[m.row, m.col].set(p.values.astype(np.float32))
-    ops = [jnp.asarray(o.astype(np.float32)) for o in p.operands]
+    ops = tuple(jnp.asarray(o.astype(np.float32)) for o in p.operands)
     if p.product == "sddmm":
-        full = jnp.matmul(ops[0], ops[1], precision=hi)
-        out = full[m.row, m.col]
-    else:
-        b = ops[0]
-        out = {
-            "spmm": lambda: jnp.matmul(w, b, precision=hi),
-            "spmm_t": lambda: jnp.matmul(w.T, b, precision=hi),
-            "xw_t": lambda: jnp.matmul(b, w.T, precision=hi),
-            "xw": lambda: jnp.matmul(b, w, precision=hi),
-        }[p.product]()
-    return np.asarray(out, np.float64)
+        full = np.asarray(_dense_product(None, ops, p.product))
+        return full[m.row, m.col].astype(np.float64)
+    w = jnp.asarray(m.dense(np.float32, p.values.astype(np.float32)))
+    return np.asarray(_dense_product(w, ops, p.product), np.float64)
 
 
 def attach_reference(p: Problem) -> str:
-    """Computes ``p.reference``; returns which reference was used."""
-    if p.matrix.nnz * p.n <= HOST_REFERENCE_MAX_MACS:
-        p.reference = _host_reference(p)
-        return "float64 host"
-    p.reference = _device_reference(p)
-    return "float32 dense, precision=highest"
+    """Computes ``p.reference`` in float64 on the host, through scipy.sparse or numpy's BLAS
+    whichever is expected to be faster; when both would take more than a few seconds, through
+    the dense product at precision="highest" on the default device. Returns which was used."""
+    m = p.matrix
+    sparse_s = m.nnz * p.n / SPARSE_MACS_PER_S
+    dense_s = m.shape[0] * m.shape[1] * p.n / (DENSE_MACS_PER_S_PER_CORE * (os.cpu_count() or 1))
+    if min(sparse_s, dense_s) > HOST_REFERENCE_MAX_S:
+        p.reference = _device_reference(p)
+        return "float32 dense on the device, precision=highest"
+    if sparse_s <= dense_s:
+        p.reference = _host_sparse_reference(p)
+        return "float64 scipy.sparse"
+    p.reference = _host_dense_reference(p)
+    return "float64 numpy dense"
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:

@@ -20,7 +20,7 @@ def _peer_cell(peer: dict | None) -> str:
         return ""
     if peer.get("status") != "ok":
         return _STATUS_CELL.get(peer.get("status"), "?")
-    cell = _fmt_ms(peer["ms"])
+    cell = _fmt_ms(peer["ms"]) + ("*" if "fallback" in peer else "")
     if "speedup" in peer:
         cell += f" {peer['speedup']:.2f}x"
     return cell
@@ -36,7 +36,7 @@ def _mine_cells(rec) -> list[str]:
         return [status + (f" err={err:.2g}" if err is not None else ""), "", "", ""]
     ratio = rec.get("t_over_fwd")
     return [
-        _fmt_ms(mine["ms"]),
+        _fmt_ms(mine["ms"]) + ("*" if "fallback" in mine else ""),
         f"{mine['tflops']:.3g}",
         f"{mine['gbps']:.3g}",
         f"{ratio:.2f}" if ratio is not None else "",
@@ -74,7 +74,8 @@ def table(records) -> str:
     legend = (
         "peer cells: time in ms and speedup = peer time / jaxcsb time; T/fwd: jaxcsb's "
         "transposed / forward time; n/a: the peer has no such product; skip: peer "
-        "unavailable; FAIL: correctness check failed (not timed)"
+        "unavailable; FAIL: correctness check failed (not timed); *: timed as single calls "
+        "because the loop failed (the JSON's 'fallback' says why)"
     )
     return "\n".join(lines + [legend])
 

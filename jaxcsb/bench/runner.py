@@ -10,6 +10,8 @@ and not timed.
 from __future__ import annotations
 
 import gc
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +34,11 @@ class Settings:
     method: str = "auto"  # JAX timing: auto | loop | calls
     target_s: float = 0.01  # length of one timed repeat (loop / events)
     budget_s: float = 0.2  # time all repeats of one peer on one case may take (>= 3 repeats)
-    max_inner: int = 256
+    max_inner: int = 4096  # most products in one timed repeat
     seed: int = 0
     progress: bool = True
+    log: bool = False  # one line per finished case on stderr
+    time_limit_s: float | None = None  # no new case starts after this many seconds
 
 
 @dataclass(frozen=True)
@@ -112,23 +116,19 @@ def run_peer(peer, problem, memo, settings: Settings, cold_bytes: int) -> dict:
     if prep.block_size is not None:
         rec["block_size"] = prep.block_size
     try:
-        err = relative_error(prep.to_numpy(timing.run_once(prep)), problem.reference)
+        timer = timing.Timer(prep, settings.method, timing.copies_for(cold_bytes, prep.bytes))
+        err = relative_error(prep.to_numpy(timer.once()), problem.reference)
     except Exception as e:
         return {**rec, "status": "error", "reason": f"run: {type(e).__name__}: {e}"}
     rec["rel_err"] = err
     if not err <= rec["tolerance"]:
         return {**rec, "status": "fail", "reason": f"relative error {err:.3g} > {rec['tolerance']}"}
     try:
-        est = timing.estimate(prep)
-        copies = timing.copies_for(cold_bytes, prep.bytes)
-        t = timing.measure(
-            prep,
-            est,
-            method=settings.method,
+        t = timer.measure(
+            timer.estimate(),
             target_s=settings.target_s,
             budget_s=settings.budget_s,
             max_inner=settings.max_inner,
-            copies=copies,
         )
     except Exception as e:
         return {**rec, "status": "error", "reason": f"timing: {type(e).__name__}: {e}"}
@@ -146,6 +146,7 @@ def run_peer(peer, problem, memo, settings: Settings, cold_bytes: int) -> dict:
         "copies": t.copies,
         "overhead_ms": t.overhead_ms,
         "spread": t.spread,
+        **({"fallback": t.fallback} if t.fallback else {}),
     }
 
 
@@ -191,6 +192,19 @@ def _transpose_ratios(records):
             r["t_over_fwd"] = r["peers"]["jaxcsb"]["t_over_fwd"]
 
 
+def _log_line(rec, elapsed) -> str:
+    cells = []
+    for name, peer in rec["peers"].items():
+        if peer.get("status") == "ok":
+            cells.append(f"{name}={peer['ms']:.4g}ms")
+        else:
+            cells.append(f"{name}:{peer.get('status')}")
+    return (
+        f"[{elapsed:7.1f}s] {rec['group']} {rec['matrix']} N={rec['n']} {rec['dtype']} "
+        f"{rec['product']}: " + " ".join(cells)
+    )
+
+
 def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
     """Runs every case; returns (records, notes)."""
     cases, notes = enumerate_cases(groups, dlmc_dir)
@@ -201,8 +215,16 @@ def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
 
         bar = tqdm(total=len(cases), unit="case", dynamic_ncols=True, leave=False)
     current, m, memo = None, None, {}
+    start = time.perf_counter()
     try:
-        for group, spec, n, dtype, product in cases:
+        for i, (group, spec, n, dtype, product) in enumerate(cases):
+            elapsed = time.perf_counter() - start
+            if settings.time_limit_s is not None and elapsed > settings.time_limit_s:
+                notes.append(
+                    f"time limit {settings.time_limit_s:g} s reached: {len(cases) - i} of "
+                    f"{len(cases)} cases not run"
+                )
+                break
             if spec != current:
                 memo.clear()
                 gc.collect()
@@ -219,6 +241,8 @@ def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
             _speedups(rec)
             records.append(rec)
             del problem
+            if settings.log:
+                print(_log_line(rec, time.perf_counter() - start), file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update()
     finally:

@@ -2,17 +2,21 @@
 
 Three methods (docs/benchmarks.md explains the choice):
 
-* ``loop`` (JAX, default on accelerators): ``inner`` products run inside one jitted
-  ``lax.fori_loop``. Each iteration feeds one element of its output back into element [0, 0]
-  of the first dense operand (``x[0, 0] += eps * out[idx]`` with ``eps = 0`` and ``idx = 0``
-  passed at run time), so XLA can neither hoist the product out of the loop nor merge the
-  iterations, and the extra work is two one-element ops. The same loop without the product
-  is timed too and subtracted: the result is the time of the product alone, free of dispatch
-  and loop overhead. Optionally each iteration runs the product on ``copies`` separate copies
-  of the stored matrix, so that the matrices do not stay resident in the L2 cache.
-* ``calls`` (JAX, default on CPUs, and the host peers): each repeat is one dispatched call
-  followed by ``block_until_ready``; CPU products take milliseconds, so dispatch is noise.
-* ``events`` (torch): CUDA events around ``inner`` back-to-back calls.
+* ``loop`` (JAX, default on accelerators): one jitted function computes the product once
+  (the output the correctness check reads) and then ``outer`` x ``UNROLL`` more times inside a
+  ``lax.fori_loop`` whose trip count is a run-time argument, so the same compiled program
+  serves the check, the estimate and every repeat. After each product one element of its
+  output is fed back into element [0, 0] of the first dense operand (``x[0, 0] += eps *
+  out[idx]``, ``eps = 0`` and ``idx = 0`` given at run time): XLA can neither hoist the
+  product out of the loop nor merge two of them, and the extra work is two one-element ops.
+  The same program without the product (cached per operand shapes, shared by the peers) runs
+  interleaved with it and is subtracted: what remains is the products' time, free of dispatch
+  and loop overhead. Each iteration may cycle through ``copies`` separate copies of the stored
+  matrix, so that they do not stay resident in the L2 cache.
+* ``calls`` (JAX, default on CPUs): each repeat is one call followed by
+  ``block_until_ready``; CPU products take milliseconds, so dispatch is noise.
+* ``events`` (torch, CUDA): CUDA events around ``inner`` back-to-back calls; ``host``
+  (scipy): wall clock around single calls.
 """
 
 from __future__ import annotations
@@ -29,89 +33,73 @@ import numpy as np
 
 from .peers import Prepared
 
+UNROLL = 8  # products per loop iteration: amortises the loop condition's round trip
+
 
 @dataclass
 class Timing:
     ms: float  # median time of one product
     reps: int  # timed repeats (the median is over these)
-    inner: int  # products per repeat (loop iterations or back-to-back calls), per copy
-    copies: int  # copies of the stored matrix rotated through (1: warm cache)
+    inner: int  # products per repeat (all copies together)
+    copies: int  # copies of the stored matrix cycled through (1: warm cache)
     method: str
     overhead_ms: float = 0.0  # per product, measured without the product and subtracted
     spread: float = 0.0  # (75th - 25th percentile) / median of the repeats
-
-
-def _torch():
-    import torch
-
-    return torch
-
-
-def _jitted(prep: Prepared):
-    if getattr(prep, "_jit", None) is None:
-        prep._jit = jax.jit(prep.fn)
-    return prep._jit
-
-
-def run_once(prep: Prepared):
-    """One call, finished (for jax and torch, waited for on the device)."""
-    if prep.kind == "jax":
-        return jax.block_until_ready(_jitted(prep)(prep.weight, *prep.dense))
-    out = prep.fn(prep.weight, *prep.dense)
-    if prep.kind == "torch":
-        _torch().cuda.synchronize()
-    return out
-
-
-def estimate(prep: Prepared, runs: int = 2) -> float:
-    """Seconds of one warm call including dispatch (the fastest of ``runs``); also warms up."""
-    best = math.inf
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run_once(prep)
-        best = min(best, time.perf_counter() - t0)
-    return max(best, 1e-7)
-
-
-def _spread(times) -> float:
-    if len(times) < 4:
-        return 0.0
-    q1, _, q3 = statistics.quantiles(times, n=4)
-    return (q3 - q1) / statistics.median(times)
+    fallback: str | None = None  # why a simpler method was used than the one asked for
 
 
 def _clamp(x, lo, hi):
     return int(min(hi, max(lo, x)))
 
 
-def _pow2_floor(x: int) -> int:
-    return 1 << (max(1, int(x)).bit_length() - 1)
+def _spread(times) -> float:
+    if len(times) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    med = statistics.median(times)
+    return (q3 - q1) / med if med > 0 else math.inf
 
 
-# --- JAX ------------------------------------------------------------------------------------
+def _wall(f) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = f()
+    return time.perf_counter() - t0, out
 
 
-def _copy_tree(tree):
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+# --- JAX: the loop program --------------------------------------------------------------------
 
 
-def _loop(fn, inner):
-    """A jitted function running ``inner`` iterations of ``fn`` on each weight, chained."""
+def _pick(out, idx):
+    flat = out.reshape(-1)
+    return jax.lax.dynamic_index_in_dim(flat, idx, keepdims=False).astype(jnp.float32)
 
-    def run(weights, dense, eps, idx):
+
+def _feed(dense, s, eps, idx):
+    """dense[0][0, ..., 0] += eps * s: the dependency of the next product on this one."""
+    first = dense[0]
+    start = (idx,) * first.ndim
+    cur = jax.lax.dynamic_slice(first, start, (1,) * first.ndim)
+    first = jax.lax.dynamic_update_slice(first, cur + (eps * s).astype(cur.dtype), start)
+    return (first, *dense[1:])
+
+
+def _program(fn):
+    """jit(weights, dense, eps, idx, outer) -> (first output or None, scalar): one product,
+    then outer x UNROLL rounds over all weights, each round feeding the next."""
+
+    def run(weights, dense, eps, idx, outer):
+        dense = tuple(dense)
+        first = fn(weights[0], *dense)
+        dense = _feed(dense, _pick(first, idx), eps, idx)
+
         def body(_, d):
-            s = jnp.zeros((), jnp.float32)
-            for w in weights:
-                flat = fn(w, *d).reshape(-1)
-                s = s + jax.lax.dynamic_index_in_dim(flat, idx, keepdims=False).astype(s.dtype)
-            first = d[0]
-            start = (idx,) * first.ndim
-            cur = jax.lax.dynamic_slice(first, start, (1,) * first.ndim)
-            first = jax.lax.dynamic_update_slice(first, cur + (eps * s).astype(cur.dtype), start)
-            return (first, *d[1:])
+            for _ in range(UNROLL):
+                s = sum(_pick(fn(w, *d), idx) for w in weights)
+                d = _feed(d, s, eps, idx)
+            return d
 
-        out = jax.lax.fori_loop(0, inner, body, tuple(dense))
-        return out[0].reshape(-1)[0]
+        dense = jax.lax.fori_loop(0, outer, body, dense)
+        return (None if fn is _no_product else first), dense[0].reshape(-1)[0]
 
     return jax.jit(run)
 
@@ -120,96 +108,154 @@ def _no_product(w, *dense):
     return dense[0]
 
 
-@functools.lru_cache(maxsize=64)
-def _empty_loop(inner):
-    return _loop(_no_product, inner)
+@functools.cache
+def _empty_program():
+    return _program(_no_product)
 
 
-def _median_time(f, args, reps):
-    jax.block_until_ready(f(*args))  # compile and warm up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+def _copy_tree(tree):
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
-def _time_loop(prep, est, target_s, budget_s, max_inner, copies) -> Timing:
-    inner = _pow2_floor(_clamp(target_s / (est * copies), 1, max_inner))
-    reps = _clamp(budget_s / (inner * copies * est), 3, 30)
-    weights = [prep.weight] + [_copy_tree(prep.weight) for _ in range(copies - 1)]
-    scalars = (jnp.asarray(np.float32(0)), jnp.asarray(np.int32(0)))  # eps, idx
-    total, times = _median_time(_loop(prep.fn, inner), (weights, prep.dense, *scalars), reps)
-    empty, _ = _median_time(_empty_loop(inner), ([None] * copies, prep.dense, *scalars), reps)
-    per = inner * copies
-    ms = max(total - empty, 1e-9) / per * 1e3
-    return Timing(ms, reps, inner, copies, "loop", empty / per * 1e3, _spread(times))
+class _JaxLoop:
+    def __init__(self, prep: Prepared, copies: int):
+        self.prep = prep
+        self.weights = [prep.weight] + [_copy_tree(prep.weight) for _ in range(copies - 1)]
+        self.dense = prep.dense
+        self.copies = copies
+        self.scalars = (jnp.asarray(np.float32(0)), jnp.asarray(np.int32(0)))  # eps, idx
+        self.program = _program(prep.fn)
+
+    def _call(self, program, weights, outer):
+        outer = jnp.asarray(np.int32(outer))
+        return jax.block_until_ready(program(weights, self.dense, *self.scalars, outer))
+
+    def once(self):
+        return self._call(self.program, self.weights, 0)[0]
+
+    def measure(self, est, target_s, budget_s, max_inner) -> Timing:
+        empty, none = _empty_program(), [None] * self.copies
+        self._call(empty, none, 0)  # compile the empty program (shared across peers)
+        per_round = UNROLL * self.copies
+        outer = _clamp(target_s / (est * per_round), 1, max(1, max_inner // per_round))
+        reps = _clamp(budget_s / (outer * per_round * est), 3, 30)
+        diffs, empties = [], []
+        for rep in range(reps + 1):
+            total, _ = _wall(lambda: self._call(self.program, self.weights, outer))
+            bare, _ = _wall(lambda: self._call(empty, none, outer))
+            if rep:  # the first pair warms up the copies and the loop
+                diffs.append(total - bare)
+                empties.append(bare)
+        products = 1 + outer * per_round
+        diff = statistics.median(diffs)
+        spread = _spread(diffs) if diff > 0 else math.inf
+        return Timing(
+            max(diff, 1e-9) / products * 1e3,
+            reps,
+            products,
+            self.copies,
+            "loop",
+            statistics.median(empties) / products * 1e3,
+            spread,
+        )
 
 
-def _time_calls(prep, est, budget_s) -> Timing:
-    reps = _clamp(budget_s / est, 3, 200)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run_once(prep)
-        times.append(time.perf_counter() - t0)
-    method = "calls" if prep.kind == "jax" else "host"
-    return Timing(statistics.median(times) * 1e3, reps, 1, 1, method, 0.0, _spread(times))
+# --- single calls (JAX on CPUs, host peers) and torch events ------------------------------
 
 
-# --- torch ----------------------------------------------------------------------------------
+class _Calls:
+    def __init__(self, prep: Prepared):
+        self.prep = prep
+        self.jitted = jax.jit(prep.fn) if prep.kind == "jax" else None
+
+    def once(self):
+        p = self.prep
+        if self.jitted is not None:
+            return jax.block_until_ready(self.jitted(p.weight, *p.dense))
+        return p.fn(p.weight, *p.dense)
+
+    def measure(self, est, target_s, budget_s, max_inner) -> Timing:
+        reps = _clamp(budget_s / est, 3, 200)
+        times = [_wall(self.once)[0] for _ in range(reps)]
+        method = "calls" if self.jitted is not None else "host"
+        return Timing(statistics.median(times) * 1e3, reps, 1, 1, method, 0.0, _spread(times))
 
 
-def _time_events(prep, est, target_s, budget_s, max_inner, copies) -> Timing:
-    torch = _torch()
-    inner = _clamp(target_s / (est * copies), 1, max_inner)
-    reps = _clamp(budget_s / (inner * copies * est), 3, 30)
-    weights = [prep.weight] + [prep.weight.clone() for _ in range(copies - 1)]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for rep in range(reps + 1):
-        start.record()
-        for _ in range(inner):
-            for w in weights:
-                prep.fn(w, *prep.dense)
-        end.record()
-        end.synchronize()
-        if rep:  # the first repeat warms up the copies
-            times.append(start.elapsed_time(end) / 1e3)
-    ms = statistics.median(times) / (inner * copies) * 1e3
-    return Timing(ms, reps, inner, copies, "events", 0.0, _spread(times))
+class _TorchEvents:
+    def __init__(self, prep: Prepared, copies: int):
+        import torch
+
+        self.torch, self.prep = torch, prep
+        self.weights = [prep.weight] + [prep.weight.clone() for _ in range(copies - 1)]
+
+    def once(self):
+        out = self.prep.fn(self.prep.weight, *self.prep.dense)
+        self.torch.cuda.synchronize()
+        return out
+
+    def measure(self, est, target_s, budget_s, max_inner) -> Timing:
+        torch, fn, dense = self.torch, self.prep.fn, self.prep.dense
+        copies = len(self.weights)
+        inner = _clamp(target_s / (est * copies), 1, max(1, max_inner // copies))
+        reps = _clamp(budget_s / (inner * copies * est), 3, 30)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for rep in range(reps + 1):
+            start.record()
+            for _ in range(inner):
+                for w in self.weights:
+                    fn(w, *dense)
+            end.record()
+            end.synchronize()
+            if rep:  # the first repeat warms up the copies
+                times.append(start.elapsed_time(end) / 1e3)
+        ms = statistics.median(times) / (inner * copies) * 1e3
+        return Timing(ms, reps, inner * copies, copies, "events", 0.0, _spread(times))
 
 
-def measure(
-    prep: Prepared,
-    est: float,
-    *,
-    method: str = "auto",
-    target_s: float = 0.01,
-    budget_s: float = 0.2,
-    max_inner: int = 256,
-    copies: int = 1,
-) -> Timing:
-    """Times ``prep`` (already checked and warmed up; ``est`` from :func:`estimate`).
+class Timer:
+    """Runs and times one prepared call: ``once()`` (the output, for the check; compiles),
+    ``estimate()`` (seconds of one warm call, dispatch included) and ``measure()``."""
 
-    ``target_s``: the length one loop or event-timed repeat aims for; ``budget_s``: roughly
-    the time all repeats together may take (at least 3 repeats run)."""
-    if prep.kind == "torch":
-        return _time_events(prep, est, target_s, budget_s, max_inner, copies)
-    if prep.kind == "host":
-        return _time_calls(prep, est, budget_s)
-    if method == "auto":
-        method = "calls" if jax.default_backend() == "cpu" else "loop"
-    if method == "loop":
-        return _time_loop(prep, est, target_s, budget_s, max_inner, copies)
-    if method == "calls":
-        return _time_calls(prep, est, budget_s)
-    raise ValueError(f"timing method must be 'auto', 'loop' or 'calls', got {method!r}")
+    def __init__(self, prep: Prepared, method: str = "auto", copies: int = 1):
+        if method not in ("auto", "loop", "calls"):
+            raise ValueError(f"timing method must be 'auto', 'loop' or 'calls', got {method!r}")
+        if method == "auto":
+            method = "calls" if jax.default_backend() == "cpu" else "loop"
+        if prep.kind == "torch":
+            self._impl = _TorchEvents(prep, copies)
+        elif prep.kind == "jax" and method == "loop":
+            self._impl = _JaxLoop(prep, copies)
+        else:
+            self._impl = _Calls(prep)
+
+    def once(self):
+        return self._impl.once()
+
+    def estimate(self, runs: int = 2) -> float:
+        return max(1e-7, min(_wall(self.once)[0] for _ in range(runs)))
+
+    def measure(self, est, *, target_s=0.01, budget_s=0.2, max_inner=4096) -> Timing:
+        """``target_s``: the length one repeat aims for; ``budget_s``: roughly the time all
+        repeats together may take (at least 3 run).
+
+        If the loop program fails where the single call worked (e.g. a custom call that cannot
+        be captured into a CUDA graph, which XLA does with loop bodies), the single calls are
+        timed instead and ``Timing.fallback`` says why."""
+        try:
+            return self._impl.measure(est, target_s, budget_s, max_inner)
+        except Exception as e:
+            if not isinstance(self._impl, _JaxLoop):
+                raise
+            calls = _Calls(self._impl.prep)
+            calls.once()
+            t = calls.measure(est, target_s, budget_s, max_inner)
+            t.fallback = f"loop timing failed ({type(e).__name__}: {str(e)[:300]})"
+            return t
 
 
 def copies_for(cold_bytes: int, bytes_per_call: int, limit: int = 8) -> int:
-    """How many copies of the stored matrix to rotate through so that one pass over them
+    """How many copies of the stored matrix to cycle through so that one pass over them
     moves at least ``cold_bytes`` (0: one copy, warm cache)."""
     if cold_bytes <= 0:
         return 1
