@@ -170,59 +170,55 @@ def _model_problem(name, split, side):
     return A, dense, S, d
 
 
-@pytest.mark.parametrize("name", list(MATRICES))
-@pytest.mark.parametrize("side", ["A@b", "x@A"])
-@pytest.mark.parametrize("split", ["rows", "cols"])
+@pytest.mark.parametrize(
+    "split,side,name",
+    [
+        ("rows", "A@b", "uneven"),
+        ("rows", "x@A", "uneven"),
+        ("cols", "A@b", "uneven"),
+        ("cols", "x@A", "uneven"),
+        ("rows", "x@A", "even"),
+        ("cols", "x@A", "even"),
+    ],
+)
 def test_model_parallel_products_and_gradients_match_one_device(split, side, name):
     A, dense, S, d = _model_problem(name, split, side)
     mesh = _mesh((4,), ("model",))
     left = side == "A@b"
-    # Which axis of the dense operand / output is in the shard layout.
-    dense_axis, out_axis = (0, 0) if left else (-1, -1)
+    axis = 0 if left else -1  # the feature axis of the dense operand and of the output
     contracted = (split == "cols") if left else (split == "rows")
-
-    def sharded(values, dd):
-        s = S.with_values(values)
-        if left:
-            return jcs.matmul(s, dd, mesh=mesh, model_axis="model")
-        return jcs.matmul(dd, s, mesh=mesh, model_axis="model")
-
-    def single(values, d):
-        a = A.with_values(values)
-        return a @ d if left else d @ a
-
-    dd = jcs.to_shard_layout(d, S, axis=dense_axis) if contracted else d
-    Sd = _put(S, mesh, P("model"))
-    dd = _put(dd, mesh, P(*([None] * (dd.ndim - 1)), "model") if not left else P("model"))
-    if not contracted:
-        dd = _put(np.asarray(dd), mesh, P())
-    y = jax.jit(sharded)(Sd.values, dd)
-    if not contracted:
-        y = jcs.from_shard_layout(np.asarray(y), S, axis=out_axis)
     want = dense @ f64(d) if left else f64(d) @ dense
-    _close(y, want, "product", rtol=1e-5)
+    rng = np.random.default_rng(seed_of("ct", split, side, name))
+    cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
 
-    cotangent = np.random.default_rng(seed_of("ct", split, side, name)).standard_normal(want.shape)
-    cotangent = jnp.asarray(cotangent, jnp.float32)
-
-    def sharded_loss(values, dd):
-        out = sharded(values, dd)
+    def sharded_loss(values, d):
+        # The dense operand and the output in the plain layout, converted at the edges.
+        s = S.with_values(values)
+        if contracted:
+            d = jcs.to_shard_layout(d, S, axis=axis)
+        out = (
+            jcs.matmul(s, d, mesh=mesh, model_axis="model")
+            if left
+            else jcs.matmul(d, s, mesh=mesh, model_axis="model")
+        )
         if not contracted:
-            out = jcs.from_shard_layout(out, S, axis=out_axis)
-        return jnp.sum(out * cotangent)
+            out = jcs.from_shard_layout(out, S, axis=axis)
+        return jnp.sum(out * cotangent), out
 
     def single_loss(values, d):
-        return jnp.sum(single(values, d) * cotangent)
+        a = A.with_values(values)
+        return jnp.sum((a @ d if left else d @ a) * cotangent)
 
-    g_values, g_dense = jax.jit(jax.grad(sharded_loss, argnums=(0, 1)))(Sd.values, dd)
+    Sd = _put(S, mesh, P("model"))
+    grad = jax.jit(jax.grad(sharded_loss, argnums=(0, 1), has_aux=True))
+    (g_values, g_dense), y = grad(Sd.values, _put(d, mesh, P()))
+    _close(y, want, "product", rtol=1e-5)
     w_values, w_dense = jax.grad(single_loss, argnums=(0, 1))(A.values, d)
     # Values: back to the unsplit order; padding must have received exactly nothing.
     g_values = np.asarray(g_values)
     for i, (start, stop) in enumerate(np.asarray(S.pad)):
         assert np.all(g_values[i, start:stop] == 0.0), f"shard {i}: padding got a gradient"
-    _close(jcs.unshard(S.with_values(jnp.asarray(g_values))).values, w_values, "values gradient")
-    if contracted:
-        g_dense = jcs.from_shard_layout(np.asarray(g_dense), S, axis=dense_axis)
+    _close(jcs.unshard(S.with_values(g_values)).values, w_values, "values gradient")
     _close(g_dense, w_dense, "dense gradient")
 
 
@@ -352,3 +348,104 @@ def test_native_handlers_run_concurrently_on_four_devices():
     w_values, w_x = single(A.values, A, x)
     _close(g_values, w_values, "values gradient", rtol=1e-4)
     _close(g_x, w_x, "input gradient", rtol=1e-4)
+
+
+# --- Flax NNX layers ---------------------------------------------------------------------------
+
+
+class _Mlp:
+    """Two layers with a ReLU between them, as an nnx.Module built on demand (flax is
+    imported only by the tests that use it)."""
+
+    @staticmethod
+    def build(first, second):
+        from flax import nnx
+
+        class Mlp(nnx.Module):
+            def __init__(self, first, second):
+                self.first, self.second = first, second
+
+            def __call__(self, x):
+                return self.second(jax.nn.relu(self.first(x)))
+
+        return Mlp(first, second)
+
+
+def _mse(model, x, t):
+    return jnp.mean(jnp.sum((model(x) - t) ** 2, axis=-1))
+
+
+def _layers(seed):
+    """Two SparseLinear layers (24 -> 72 -> 20) built on the host; biases that are not zero,
+    so that a misplaced bias shows."""
+    from jaxcsb.nnx import SparseLinear
+
+    rng = np.random.default_rng(seed)
+    layers = []
+    for n_in, n_out in ((24, 72), (72, 20)):
+        kernel = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        mask = rng.random((n_in, n_out)) < 0.3
+        bias = rng.standard_normal(n_out).astype(np.float32)
+        layers.append(SparseLinear.from_dense(kernel, bias, mask=mask, block_size=16))
+    return layers
+
+
+def test_sharded_sparse_linear_pair_trains_like_the_unsplit_layers():
+    """Layer 1 split by output features, layer 2 by input features with its bounds (uneven:
+    72 features in 5 blocks over 4 devices). Five Adam steps under nnx.jit give the unsplit
+    model's losses and weights; the forward pass has one collective, the final all-reduce."""
+    nnx = pytest.importorskip("flax.nnx")
+    optax = pytest.importorskip("optax")
+    from jaxcsb.sharding.nnx import ShardedSparseLinear
+
+    mesh = _mesh((4,), ("model",))
+    first, second = _layers(seed_of("nnx-pair"))
+    split1 = ShardedSparseLinear(first, mesh=mesh, model_axis="model", split="out", warn_above=None)
+    split2 = ShardedSparseLinear(
+        second, mesh=mesh, model_axis="model", split="in", bounds=split1.bounds, warn_above=None
+    )
+    assert split1.sharded.is_padded and split1.bounds == split2.bounds
+    sharded, plain = _Mlp.build(split1, split2), _Mlp.build(first, second)
+    rng = np.random.default_rng(seed_of("nnx-pair-x"))
+    x = jnp.asarray(rng.standard_normal((6, 24)), jnp.float32)
+    t = jnp.asarray(rng.standard_normal((6, 20)), jnp.float32)
+    _close(nnx.jit(lambda m, x: m(x))(sharded, x), nnx.jit(plain)(x), "forward", rtol=1e-5)
+    forward_hlo = nnx.jit(lambda m, x: m(x)).lower(sharded, x).compile().as_text()
+    assert _kinds(forward_hlo) == {"all-reduce": 1}
+
+    losses = {}
+    for name, model in (("sharded", sharded), ("plain", plain)):
+        optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, optimizer, x, t):
+            loss, grads = nnx.value_and_grad(_mse)(model, x, t)
+            optimizer.update(model, grads)
+            return loss
+
+        losses[name] = [float(step(model, optimizer, x, t)) for _ in range(5)]
+    np.testing.assert_allclose(losses["sharded"], losses["plain"], rtol=1e-5)
+    for split, layer in ((split1, first), (split2, second)):
+        back = split.to_sparse_linear()
+        np.testing.assert_array_equal(back.mask(), layer.mask())
+        _close(back.values[...], layer.values[...], "trained values")
+        _close(back.bias[...], layer.bias[...], "trained bias")
+
+
+def test_nnx_data_parallel_value_and_grad_matches_one_device():
+    nnx = pytest.importorskip("flax.nnx")
+    from jaxcsb.sharding.nnx import data_parallel_value_and_grad
+
+    mesh = _mesh((4,), ("data",))
+    model = _Mlp.build(*_layers(seed_of("nnx-dp")))
+    rng = np.random.default_rng(seed_of("nnx-dp-x"))
+    x = jnp.asarray(rng.standard_normal((8, 24)), jnp.float32)
+    t = jnp.asarray(rng.standard_normal((8, 20)), jnp.float32)
+    step = nnx.jit(data_parallel_value_and_grad(_mse, mesh=mesh, batch_axis="data"))
+    loss, grads = step(model, _put(x, mesh, P("data")), _put(t, mesh, P("data")))
+    want_loss, want = nnx.jit(nnx.value_and_grad(_mse))(model, x, t)
+    _close(loss, want_loss, "loss")
+    got_leaves, want_leaves = jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)
+    assert len(got_leaves) == len(want_leaves) == 4  # two values, two biases
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        _close(g, w, "gradient")

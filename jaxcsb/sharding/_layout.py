@@ -14,6 +14,7 @@ from itertools import pairwise
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from ._sharded import ShardedCSB
@@ -40,10 +41,17 @@ def _gathered(x, axis):
     return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, P(*spec)))
 
 
+def _namespace(x):
+    """numpy for host arrays (no dispatch to a device), jax.numpy for everything else."""
+    return np if isinstance(x, np.ndarray) else jnp
+
+
 def to_shard_layout(x, sharded: ShardedCSB, axis: int = -1):
     """``x`` with its ``axis`` (the split features, length ``sharded.shape[sharded.axis]``)
-    rearranged into the shard layout (length ``num_shards * shard_size``)."""
-    x = jnp.asarray(x)
+    rearranged into the shard layout (length ``num_shards * shard_size``). A numpy array
+    is rearranged on the host and stays a numpy array."""
+    xp = _namespace(x)
+    x = xp.asarray(x)
     axis = _axis(x, axis)
     full = sharded.shape[sharded.axis]
     if x.shape[axis] != full:
@@ -53,19 +61,21 @@ def to_shard_layout(x, sharded: ShardedCSB, axis: int = -1):
         )
     if not sharded.is_padded:
         return x
-    x = _gathered(x, axis)
+    if xp is jnp:
+        x = _gathered(x, axis)
     pieces = []
     for (a, b), size in zip(pairwise(sharded.bounds), sharded.sizes, strict=True):
-        piece = jnp.take(x, jnp.arange(a, b), axis=axis)
+        piece = xp.take(x, xp.arange(a, b), axis=axis)
         widths = [(0, 0)] * x.ndim
         widths[axis] = (0, sharded.shard_size - size)
-        pieces.append(jnp.pad(piece, widths))
-    return jnp.concatenate(pieces, axis=axis)
+        pieces.append(xp.pad(piece, widths))
+    return xp.concatenate(pieces, axis=axis)
 
 
 def from_shard_layout(y, sharded: ShardedCSB, axis: int = -1):
     """The inverse of :func:`to_shard_layout`: drops each shard's padding along ``axis``."""
-    y = jnp.asarray(y)
+    xp = _namespace(y)
+    y = xp.asarray(y)
     axis = _axis(y, axis)
     padded = sharded.num_shards * sharded.shard_size
     if y.shape[axis] != padded:
@@ -75,9 +85,10 @@ def from_shard_layout(y, sharded: ShardedCSB, axis: int = -1):
         )
     if not sharded.is_padded:
         return y
-    y = _gathered(y, axis)
+    if xp is jnp:
+        y = _gathered(y, axis)
     starts = [i * sharded.shard_size for i in range(sharded.num_shards)]
-    index = jnp.concatenate(
-        [jnp.arange(s, s + size) for s, size in zip(starts, sharded.sizes, strict=True)]
-    ).astype(jnp.int32)
-    return jnp.take(y, index, axis=axis)
+    index = np.concatenate(
+        [np.arange(s, s + size) for s, size in zip(starts, sharded.sizes, strict=True)]
+    ).astype(np.int32)
+    return xp.take(y, index, axis=axis)
