@@ -449,3 +449,31 @@ def test_nnx_data_parallel_value_and_grad_matches_one_device():
     assert len(got_leaves) == len(want_leaves) == 4  # two values, two biases
     for g, w in zip(got_leaves, want_leaves, strict=True):
         _close(g, w, "gradient")
+
+
+# --- csb_matmul in a user's own shard_map ------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="csb_matmul's ffi_call declares no varying manual axes for its output and its "
+    "custom_vjp returns unsummed cotangents for unvarying operands, so shard_map's default "
+    "vma check (check_vma=True) rejects it; jaxcsb.sharding runs its shard_maps with the "
+    "check off until jaxcsb/_ops.py types the call (pcast in and out, psum in the bwd rule)",
+)
+def test_csb_matmul_inside_a_vma_checked_shard_map():
+    """With the check on, the gradient of the replicated values taken inside shard_map is
+    summed over the devices by JAX itself (the transpose of the implicit broadcast)."""
+    A, x, t, bias = _dp_problem(seed_of("vma"))
+    mesh = _mesh((4,), ("data",))
+
+    def local_grad(values, A, x):
+        return jax.grad(lambda v: jnp.sum(jnp.tanh(x @ A.with_values(v)) ** 2))(values)
+
+    shard_map = getattr(jax, "shard_map", None)
+    if shard_map is None:
+        pytest.skip("jax.shard_map is not available in this JAX")
+    f = shard_map(local_grad, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=P())
+    got = jax.jit(f)(A.values, A, _put(x, mesh, P("data")))
+    want = local_grad(A.values, A, x)
+    _close(got, want, "values gradient")
