@@ -26,10 +26,12 @@ def coordinates(block_ptr, local, stored_shape, block_size):
     """Global (row, col) of every stored nonzero, as int32 arrays (works under jit)."""
     nnz = local.shape[0]
     block_cols = -(-stored_shape[1] // block_size)
-    nblocks = block_ptr.shape[0] - 1
-    block = jnp.repeat(
-        jnp.arange(nblocks, dtype=jnp.int32), jnp.diff(block_ptr), total_repeat_length=nnz
-    )
+    # The block of nonzero e is the number of blocks that start at or before e, less one: a
+    # scatter of block starts and a prefix sum (XLA compiles this several times faster than
+    # jnp.repeat). Empty blocks add several starts at one position; starts at nnz (trailing
+    # empty blocks) fall outside and are dropped.
+    starts = jnp.zeros(nnz, jnp.int32).at[block_ptr[1:-1]].add(1, mode="drop")
+    block = jnp.cumsum(starts, dtype=jnp.int32)
     local = local.astype(jnp.int32)
     row = (block // max(block_cols, 1)) * block_size + (local >> 8)
     col = (block % max(block_cols, 1)) * block_size + (local & 0xFF)
@@ -176,12 +178,9 @@ class CSB:
         )
         rows, cols = _build.check_shape(shape)
         row_units, col_units = build_units(block_ptr, -(-rows // beta), -(-cols // beta), beta)
+        # device_put copies without compiling anything (jnp.asarray compiles per shape).
         return cls(
-            jnp.asarray(values),
-            jnp.asarray(block_ptr),
-            jnp.asarray(local),
-            jnp.asarray(row_units),
-            jnp.asarray(col_units),
+            *jax.device_put((values, block_ptr, local, row_units, col_units)),
             stored_shape=(rows, cols),
             block_size=beta,
         )

@@ -186,14 +186,27 @@ def reference(layout, w, x):
     return product(w, x), product(np.abs(w), np.abs(x))
 
 
+def host_coordinates(A) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the stored matrix's nonzeros in storage order, computed with numpy from
+    block_ptr and local alone (independent of jaxcsb's own ``coordinates``)."""
+    block_ptr, local = np.asarray(A.block_ptr), np.asarray(A.local).astype(np.int64)
+    beta = A.block_size
+    block_cols = -(-A.stored_shape[1] // beta)
+    block = np.repeat(np.arange(block_ptr.size - 1), np.diff(block_ptr))
+    row = block // max(block_cols, 1) * beta + (local >> 8)
+    col = block % max(block_cols, 1) * beta + (local & 0xFF)
+    return row, col
+
+
 def sddmm_reference(mask_w, a, b, transposed=False):
-    """float64 (values, scale) of sddmm(a, b, P) in P's stored order, for P = A or A.T.
+    """float64 (values, scale) of sddmm(a, b, P) in storage order, for P = A or A.T.
 
     ``mask_w`` is the CSB pattern ``A``; the values are (a @ b) at the coordinates of
     ``A.T`` when ``transposed`` else of ``A``, listed in storage order.
     """
-    P = mask_w.T if transposed else mask_w
-    row, col = (np.asarray(c) for c in P.coordinates())
+    row, col = host_coordinates(mask_w)
+    if transposed:
+        row, col = col, row
     a, b = f64(a), f64(b)
     values = np.einsum("en,en->e", a[row], b[:, col].T)
     scale = np.einsum("en,en->e", np.abs(a[row]), np.abs(b[:, col].T))

@@ -3,6 +3,7 @@ against the pure-JAX implementation."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ N = N_FLAT
 def test_sparse_left(layout, dtype, impl):
     seed = seed_of(layout, dtype, impl)
     A, w = standard_csb(dtype, seed)
-    x = jnp.asarray(random_dense(dense_operand_shape(layout, SHAPE, N), dtype, seed + 7))
+    x = jax.device_put(random_dense(dense_operand_shape(layout, SHAPE, N), dtype, seed + 7))
     out = apply(layout, A, x, impl)
     assert out.dtype == dtype
     want, scale = reference(layout, w, x)
@@ -48,7 +49,7 @@ def test_sparse_right_any_batch_dims(layout, dtype, batch, impl):
     """X has 1, 2 or 3 leading dimensions before the contracted one."""
     seed = seed_of(layout, dtype, batch, impl)
     A, w = standard_csb(dtype, seed)
-    x = jnp.asarray(random_dense(dense_operand_shape(layout, SHAPE, N, batch), dtype, seed + 7))
+    x = jax.device_put(random_dense(dense_operand_shape(layout, SHAPE, N, batch), dtype, seed + 7))
     out = apply(layout, A, x, impl)
     assert out.dtype == dtype
     want, scale = reference(layout, w, x)
@@ -64,8 +65,8 @@ def test_sddmm(transposed, dtype, impl):
     A, _ = standard_csb(dtype, seed)
     P = A.T if transposed else A
     m, k = P.shape
-    a = jnp.asarray(random_dense((m, N), dtype, seed + 1))
-    b = jnp.asarray(random_dense((N, k), dtype, seed + 2))
+    a = jax.device_put(random_dense((m, N), dtype, seed + 1))
+    b = jax.device_put(random_dense((N, k), dtype, seed + 2))
     out = jaxcsb.sddmm(a, b, P, impl=impl)
     assert isinstance(out, jaxcsb.CSB)
     assert out.shape == P.shape and out.transposed == P.transposed and out.dtype == dtype
