@@ -31,6 +31,7 @@ from .products import DTYPES, PRODUCTS, check_product
 from .runner import Settings, run_sweep
 from .targets import TARGETS, evaluate
 
+ENV_RECORDED = ("XLA_FLAGS", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_ENABLE_X64")
 SWEEP_OPTIONS = ("matrices", "shapes", "sparsities", "n", "images", "dtypes", "products")
 
 
@@ -184,6 +185,7 @@ def _meta(args, preset, settings, notes):
         "jaxcsb_native": sorted(jaxcsb.native_platforms()),
         "torch": torch_version,
         "timing": vars(settings),
+        "env": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ},
         "peers": {
             name: {"label": p.label, "unavailable": p.unavailable()} for name, p in PEERS.items()
         },
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
     settings = Settings(
         method=args.timing,
         target_s=args.target if args.target is not None else (0.02 if on_cpu else 0.01),
-        budget_s=args.budget if args.budget is not None else (0.25 if on_cpu else 0.15),
+        budget_s=args.budget if args.budget is not None else (0.25 if on_cpu else 0.1),
         max_inner=args.max_inner,
         seed=args.seed,
         progress=not args.no_progress,

@@ -102,7 +102,7 @@ PRESETS: dict[str, tuple[Group, ...]] = {
             (0.7, 0.8, 0.9, 0.95, 0.98),
             ns=(4096,),
             products=_TRANSPOSE_PAIR,
-            peers=("jaxcsb", "xla_dense", "xla_dense_highest", "torch_csr", "torch_csr_tprebuilt"),
+            peers=("jaxcsb", "xla_dense", "torch_csr", "torch_csr_tprebuilt"),
         ),
         Group(
             "headline",

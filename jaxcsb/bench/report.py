@@ -74,8 +74,8 @@ def table(records) -> str:
     legend = (
         "peer cells: time in ms and speedup = peer time / jaxcsb time; T/fwd: jaxcsb's "
         "transposed / forward time; n/a: the peer has no such product; skip: peer "
-        "unavailable; FAIL: correctness check failed (not timed); *: timed as single calls "
-        "because the loop failed (the JSON's 'fallback' says why)"
+        "unavailable; FAIL: correctness check failed (not timed); *: timed as back-to-back "
+        "dispatches because the loop failed (the JSON's 'fallback' says why)"
     )
     return "\n".join(lines + [legend])
 
