@@ -329,6 +329,41 @@ def test_imbalance_is_reported_warned_and_balanced():
     _assert_same_csb(jcs.unshard(balanced), A)
 
 
+# --- argument checks -------------------------------------------------------------------------
+
+
+def test_matmul_and_layer_arguments_are_checked_before_tracing():
+    A, _ = random_csb((48, 40), 0.3, np.float32, seed_of("args"), block_size=16)
+    mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
+    S = _split(A, 0, 2)
+    x = np.ones((3, 48), np.float32)
+    with pytest.raises(ValueError, match="2 shards but mesh axis 'model' has 1 devices"):
+        jcs.matmul(x, S, mesh=mesh, model_axis="model")
+    with pytest.raises(ValueError, match="model_axis must name the mesh axis"):
+        jcs.matmul(x, S, mesh=mesh)
+    with pytest.raises(ValueError, match="must name an axis of the mesh"):
+        jcs.matmul(x, A, mesh=mesh, batch_axis="data")
+    with pytest.raises(ValueError, match="model_axis needs a ShardedCSB"):
+        jcs.matmul(x, A, mesh=mesh, model_axis="model")
+    S1 = _split(A, 0, 1)
+    with pytest.raises(ValueError, match="a must have shape \\(..., 48\\) .*to_shard_layout"):
+        jcs.matmul(np.ones((3, 40), np.float32), S1, mesh=mesh, model_axis="model")
+    with pytest.raises(ValueError, match="b must have shape \\(40, n\\), got \\(48, 2\\)"):
+        jcs.matmul(A, np.ones((48, 2), np.float32), mesh=mesh)
+    with pytest.raises(ValueError, match="exactly one operand may be sparse"):
+        jcs.matmul(A, S1, mesh=mesh, model_axis="model")
+
+    nnx = pytest.importorskip("flax.nnx")
+    from jaxcsb.nnx import SparseLinear
+    from jaxcsb.sharding.nnx import ShardedSparseLinear
+
+    layer = SparseLinear.from_dense(np.asarray(_dense(A), np.float32))
+    with pytest.raises(ValueError, match="split must be 'out' or 'in', got 'rows'"):
+        ShardedSparseLinear(layer, mesh=mesh, model_axis="model", split="rows")
+    with pytest.raises(ValueError, match="layer must be a jaxcsb.nnx.SparseLinear"):
+        ShardedSparseLinear(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), mesh=mesh, model_axis="model")
+
+
 # --- collectives in HLO ---------------------------------------------------------------------------
 
 _HLO = """

@@ -149,8 +149,8 @@ def _split_units(units: np.ndarray, position_nnz: np.ndarray, target: int) -> np
         width = np.diff(units)
         weight = prefix[units[1:]] - prefix[units[:-1]]
         splittable = np.flatnonzero(width >= 2)
-        if splittable.shape[0] == 0:  # every unit is one position: cannot happen for target
-            raise AssertionError("cannot split work units further")  # <= positions, see caller
+        if splittable.shape[0] == 0:  # target never exceeds the positions (shared grid)
+            raise AssertionError(f"cannot split {units.shape[0] - 1} work units into {target}")
         k = splittable[np.lexsort((width[splittable], weight[splittable]))[-1]]
         a, b = units[k], units[k + 1]
         half = prefix[a] + weight[k] // 2
@@ -164,7 +164,12 @@ def _shard_structure(row, col, values, shape, beta, nnz_target):
     nnz = row.shape[0]
     pad = nnz_target - nnz
     if pad:
-        r, c = _free_position(*_structure_only(row, col, values, shape, beta), shape, beta)
+        position = _free_position(*_structure_only(row, col, values, shape, beta), shape, beta)
+        if position is None:  # a shard short of nonzeros is not full (see the module doc)
+            raise AssertionError(
+                f"no free position in a shard of shape {shape} with {nnz} nonzeros"
+            )
+        r, c = position
         row, col = np.append(row, r), np.append(col, c)
         values = np.append(values, np.zeros(1, values.dtype))
     vals, block_ptr, local, _ = csb_arrays_from_coo(row, col, values, shape, beta)
