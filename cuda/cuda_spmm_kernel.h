@@ -230,6 +230,24 @@ __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int 
   }
 }
 
+// acc += value * (the lane's kVec columns of the staged D row of the entry's input index).
+template <typename T, class Cfg, bool kBatchLeading>
+__device__ __forceinline__ void add_entry(const T* tile, int2 en, int lane,
+                                          float (&acc)[Cfg::kVec]) {
+  using L = SpmmSmem<T, Cfg, kBatchLeading>;
+  const int c = en.x & (Cfg::kBeta - 1);
+  const float v = __int_as_float(en.y);
+  float d[Cfg::kVec];
+  if (!kBatchLeading) {
+    load_vec<T, Cfg::kVec>(tile + c * L::kTileStride + lane * Cfg::kVec, d);
+  } else {
+#pragma unroll
+    for (int i = 0; i < Cfg::kVec; ++i) d[i] = to_float(tile[(lane + 32 * i) * L::kTileStride + c]);
+  }
+#pragma unroll
+  for (int i = 0; i < Cfg::kVec; ++i) acc[i] = fmaf(v, d[i], acc[i]);
+}
+
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
 __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p) {
   using L = SpmmSmem<T, Cfg, kBatchLeading>;
@@ -304,21 +322,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
           const int r = warp * kRows + rr;
           const int kb = start[r], ke = start[r + 1];
 #pragma unroll 4
-          for (int k = kb; k < ke; ++k) {
-            const int2 en = ent[k];
-            const int c = en.x & (kBeta - 1);
-            const float v = __int_as_float(en.y);
-            float d[kVec];
-            if (!kBatchLeading) {
-              load_vec<T, kVec>(tile + c * L::kTileStride + lane * kVec, d);
-            } else {
-#pragma unroll
-              for (int i = 0; i < kVec; ++i)
-                d[i] = to_float(tile[(lane + 32 * i) * L::kTileStride + c]);
-            }
-#pragma unroll
-            for (int i = 0; i < kVec; ++i) acc[rr][i] = fmaf(v, d[i], acc[rr][i]);
-          }
+          for (int k = kb; k < ke; ++k)
+            add_entry<T, Cfg, kBatchLeading>(tile, ent[k], lane, acc[rr]);
         }
       }
     }

@@ -7,7 +7,8 @@
 # Steps (GPU_CHECK_STEPS selects a subset, default all of them):
 #   build     JAXCSB_CUDA=ON pip install --no-build-isolation . (log: build.log), then the
 #             standalone kernel program tools/kernel_check.cu linked to the built kernels
-#   pytest    JAX_PLATFORMS=cuda python -m pytest python_tests (log: pytest.log)
+#   pytest    JAX_PLATFORMS=cuda python -m pytest python_tests (log: pytest.log), on
+#             PYTEST_WORKERS (default 4) processes when pytest-xdist is installed
 #   check     kernel_check check: every kernel variant against a float64 reference (check.log)
 #   sanitize  compute-sanitizer memcheck, racecheck, initcheck, synccheck over the small check
 #   bench     kernel_check bench (CUDA events) and tools/gpu_bench_kernels.py (jaxcsb through
@@ -48,7 +49,7 @@ if has build; then
   if [ -z "$KC" ]; then
     LIB=$(find build -name libjaxcsb_cuda_kernels.a -newer pyproject.toml 2>/dev/null | head -1)
     [ -z "$LIB" ] && LIB=$(find build -name libjaxcsb_cuda_kernels.a | head -1)
-    KC="$OUT/kernel_check.bin"
+    KC=build/kernel_check
     step kc-build kernel_check_build.log nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr \
       -Icuda tools/kernel_check.cu "$LIB" -o "$KC"
   fi
@@ -56,8 +57,12 @@ fi
 [ -z "$KC" ] && KC=build/kc/kernel_check
 
 if has pytest; then
+  # pytest-xdist spreads the suite over a few processes when it is installed (it is on the GPU
+  # machine); each process allocates GPU memory on demand.
+  XDIST=()
+  $PY -c 'import xdist' 2>/dev/null && XDIST=(-n "${PYTEST_WORKERS:-4}")
   step pytest pytest.log env JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    $PY -m pytest python_tests -q -p no:cacheprovider
+    timeout "${PYTEST_TIMEOUT:-420}" $PY -m pytest python_tests -q -p no:cacheprovider "${XDIST[@]}"
   note "           $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)"
 fi
 
