@@ -25,16 +25,26 @@ from ._schedule import build_units
 def coordinates(block_ptr, local, stored_shape, block_size):
     """Global (row, col) of every stored nonzero, as int32 arrays (works under jit)."""
     nnz = local.shape[0]
-    block_cols = -(-stored_shape[1] // block_size)
-    # The block of nonzero e is the number of blocks that start at or before e, less one: a
-    # scatter of block starts and a prefix sum (XLA compiles this several times faster than
-    # jnp.repeat). Empty blocks add several starts at one position; starts at nnz (trailing
-    # empty blocks) fall outside and are dropped.
-    starts = jnp.zeros(nnz, jnp.int32).at[block_ptr[1:-1]].add(1, mode="drop")
-    block = jnp.cumsum(starts, dtype=jnp.int32)
+    block_cols = max(-(-stored_shape[1] // block_size), 1)
+    # The block of nonzero e is the last b with block_ptr[b] <= e. A binary search compiles in
+    # constant time (jnp.repeat or a prefix sum compile in time growing with nnz) and runs in
+    # O(nnz log nblocks).
+    e = jnp.arange(nnz, dtype=jnp.int32)
+    block = jnp.searchsorted(block_ptr, e, side="right").astype(jnp.int32) - 1
     local = local.astype(jnp.int32)
-    row = (block // max(block_cols, 1)) * block_size + (local >> 8)
-    col = (block % max(block_cols, 1)) * block_size + (local & 0xFF)
+    row = (block // block_cols) * block_size + (local >> 8)
+    col = (block % block_cols) * block_size + (local & 0xFF)
+    return row, col
+
+
+def host_coordinates(block_ptr, local, stored_shape, block_size):
+    """``coordinates`` in numpy, for concrete arrays: no compilation (conversions in eager
+    code run in milliseconds)."""
+    block_ptr, local = np.asarray(block_ptr), np.asarray(local).astype(np.int32)
+    block_cols = max(-(-stored_shape[1] // block_size), 1)
+    block = np.repeat(np.arange(block_ptr.size - 1, dtype=np.int32), np.diff(block_ptr))
+    row = (block // block_cols) * block_size + (local >> 8)
+    col = (block % block_cols) * block_size + (local & 0xFF)
     return row, col
 
 
@@ -141,8 +151,13 @@ class CSB:
 
     # conversions ------------------------------------------------------------------------------
     def coordinates(self):
-        """Global (row, col) of every nonzero in this matrix's (logical) orientation."""
-        row, col = coordinates(self.block_ptr, self.local, self.stored_shape, self.block_size)
+        """Global (row, col) of every nonzero in this matrix's (logical) orientation, as int32
+        arrays in storage order. Computed on the host when the index arrays are concrete."""
+        args = (self.block_ptr, self.local, self.stored_shape, self.block_size)
+        try:
+            row, col = jax.device_put(host_coordinates(*args))
+        except jax.errors.TracerArrayConversionError:  # under jit, vmap, grad, ...
+            row, col = coordinates(*args)
         return (col, row) if self.transposed else (row, col)
 
     def todense(self):
