@@ -214,6 +214,8 @@ class CSB:
             if keep.shape != w.shape:
                 raise ValueError(f"mask must have the shape of w {w.shape}, got {keep.shape}")
             keep = keep.astype(bool)
+        if dtype is None:
+            check_value_dtype(w.dtype, "w")
         row, col = np.nonzero(keep)
         return cls.from_coo(row, col, w[row, col], w.shape, block_size=block_size, dtype=dtype)
 
@@ -224,6 +226,8 @@ class CSB:
         if not hasattr(m, "tocoo"):
             raise ValueError(f"m must be a scipy.sparse matrix, got {type(m).__name__}")
         coo = m.tocoo()
+        if dtype is None:
+            check_value_dtype(coo.data.dtype, "m.data")
         return cls.from_coo(
             coo.row, coo.col, coo.data, coo.shape, block_size=block_size, dtype=dtype
         )
@@ -246,6 +250,8 @@ class CSB:
                 f"{m.n_batch}, n_dense={m.n_dense}, shape={m.shape}"
             )
         indices, data = np.asarray(m.indices), np.asarray(m.data)
+        if dtype is None:
+            check_value_dtype(data.dtype, "m.data")
         padding = (indices[:, 0] == m.shape[0]) & (indices[:, 1] == m.shape[1])
         if padding.any():
             indices, data = indices[~padding], data[~padding]

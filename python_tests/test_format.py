@@ -1,0 +1,73 @@
+"""The stored layout: the invariants the kernels rely on, the memory budget, the default block
+size and the precomputed work units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import BLOCK_SIZES, random_dense, random_mask, seed_of
+
+import jaxcsb
+from jaxcsb._build import default_block_size
+
+
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+def test_layout_invariants(block_size):
+    """block_ptr rises from 0 to nnz over the row-major block grid; local is uint16
+    (row << 8 | col) inside the (possibly clipped) block; nonzeros inside a block are sorted
+    by (row, col); values are in the same order."""
+    seed = seed_of("layout", block_size)
+    shape = (300, 170)
+    mask = random_mask(shape, 0.1, seed, empty_rows=range(40, 90))
+    w = random_dense(shape, np.float32, seed + 1)
+    A = jaxcsb.CSB.fromdense(w, mask, block_size=block_size)
+    bp, local, values = (np.asarray(a) for a in (A.block_ptr, A.local, A.values))
+    beta = block_size
+    brows, bcols = -(-shape[0] // beta), -(-shape[1] // beta)
+    assert bp.dtype == np.int32 and bp.shape == (brows * bcols + 1,)
+    assert local.dtype == np.uint16 and local.shape == (A.nnz,)
+    assert bp[0] == 0 and bp[-1] == A.nnz and np.all(np.diff(bp) >= 0)
+    for b in range(brows * bcols):
+        lr, lc = local[bp[b] : bp[b + 1]] >> 8, local[bp[b] : bp[b + 1]] & 0xFF
+        r0, c0 = b // bcols * beta, b % bcols * beta
+        assert np.all(lr < min(beta, shape[0] - r0)) and np.all(lc < min(beta, shape[1] - c0))
+        key = lr.astype(np.int64) * 256 + lc
+        assert np.all(np.diff(key) > 0), f"block {b} not sorted by (row, col)"
+        np.testing.assert_array_equal(values[bp[b] : bp[b + 1]], w[r0 + lr, c0 + lc])
+    # Memory: sizeof(value) + 2 bytes per nonzero, plus O(blocks) for block_ptr and units.
+    assert A.values.dtype.itemsize + A.local.dtype.itemsize == 4 + 2
+    assert A.row_units.size <= brows * bcols + 1 and A.col_units.size <= brows * bcols + 1
+
+
+@pytest.mark.parametrize("sparsity, expected", [(0.5, 16), (0.9, 64), (0.95, 128), (0.98, 256)])
+def test_default_block_size_examples(sparsity, expected):
+    """The documented heuristic: density * beta >= 4 at the smallest such beta."""
+    shape = (1024, 1024)
+    nnz = int(round((1 - sparsity) * shape[0] * shape[1]))
+    assert default_block_size(shape, nnz) == expected
+
+
+def test_default_block_size_is_capped_by_the_matrix_size():
+    assert default_block_size((40, 40), 1) == 64
+    assert default_block_size((3, 5), 1) == 16
+    assert default_block_size((0, 0), 0) == 16
+    w = np.zeros((40, 40), np.float32)
+    w[3, 7] = 1.0
+    assert jaxcsb.CSB.fromdense(w).block_size == 64
+
+
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_work_units_cover_every_line(block_size):
+    """Units are boundaries over the line-major block order of each direction: they start at
+    0, end at the number of blocks, rise strictly, and every line starts a unit (so kernels
+    that give one unit to one worker also cover and zero empty lines)."""
+    seed = seed_of("units", block_size)
+    shape = (400, 230)
+    mask = random_mask(shape, 0.05, seed, dense_rows=2, empty_rows=range(100, 200))
+    A = jaxcsb.CSB.fromdense(random_dense(shape, np.float32, seed), mask, block_size=block_size)
+    brows, bcols = -(-shape[0] // block_size), -(-shape[1] // block_size)
+    for units, lines, length in ((A.row_units, brows, bcols), (A.col_units, bcols, brows)):
+        u = np.asarray(units)
+        assert u.dtype == np.int32
+        assert u[0] == 0 and u[-1] == lines * length and np.all(np.diff(u) > 0)
+        assert set(range(0, lines * length, length)) <= set(u.tolist())
