@@ -62,8 +62,8 @@ def test_schedule_rejects_bad_arguments():
         pruning.polynomial_schedule(0.0, 0.5, end_step=10, frequency=0)
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.97, 1.0])
-@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (37, 53)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.97, 1.0])
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53)])
 def test_magnitude_mask_prunes_exactly_and_keeps_the_largest(shape, sparsity):
     w = random_dense(shape, np.float32, seed_of("magnitude", shape, sparsity))
     k = round(sparsity * w.size)
