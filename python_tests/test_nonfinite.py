@@ -1,0 +1,124 @@
+"""NaN and Inf propagate through the stored nonzeros exactly as in the dense product restricted
+to those nonzeros."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from helpers import (
+    DTYPE_IDS,
+    DTYPES,
+    LAYOUTS,
+    SHAPE,
+    apply,
+    assert_close,
+    dense_operand_shape,
+    f64,
+    host_coordinates,
+    random_dense,
+    random_mask,
+    sddmm_reference,
+    seed_of,
+)
+
+import jaxcsb
+
+
+def stored_product(layout, row, col, values, x):
+    """float64 product that sums over the stored nonzeros only (NaN/Inf-aware)."""
+    m, k = SHAPE
+    v = np.asarray(values, np.float64)
+    x = np.asarray(x, np.float64)
+    if layout == "A@B":
+        out = np.zeros((m, x.shape[1]))
+        np.add.at(out, row, v[:, None] * x[col])
+    elif layout == "AT@B":
+        out = np.zeros((k, x.shape[1]))
+        np.add.at(out, col, v[:, None] * x[row])
+    elif layout == "X@A":
+        out = np.zeros((k, x.shape[0]))
+        np.add.at(out, col, v[:, None] * x.T[row])
+        out = out.T
+    else:
+        out = np.zeros((m, x.shape[0]))
+        np.add.at(out, row, v[:, None] * x.T[col])
+        out = out.T
+    return out
+
+
+def assert_same_nonfinite(actual, expected, scale, dtype, what):
+    actual = f64(actual)
+    for name, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        np.testing.assert_array_equal(test(actual), test(expected), err_msg=f"{what}: {name}")
+    finite = np.isfinite(expected)
+    assert_close(actual[finite], expected[finite], scale[finite], dtype, what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_nan_and_inf_propagate_like_the_dense_product_over_stored_entries(layout, dtype):
+    """NaN and +-Inf in the values or in the dense operand reach exactly the outputs that a
+    stored nonzero connects them to, with IEEE semantics (Inf - Inf = NaN, 0 * Inf = NaN for
+    an explicitly stored zero). Structural zeros contribute nothing: unlike a dense product,
+    where 0 * Inf = NaN would spread an Inf of x into every output, an Inf meeting only
+    structural zeros leaves the output finite."""
+    seed = seed_of("nonfinite", layout, dtype)
+    mask = random_mask(SHAPE, 0.3, 20261121)
+    mask[7, :] = mask[:, 5] = False  # row 7 and column 5 hold only structural zeros
+    w = random_dense(SHAPE, dtype, seed)
+    A = jaxcsb.CSB.fromdense(w, mask, block_size=16)
+    row, col = host_coordinates(A)
+    values = np.asarray(A.values).copy()
+    values[[3, 40, 41, 100]] = [np.nan, np.inf, -np.inf, 0.0]  # 100: an explicit zero
+    A = A.with_values(jax.device_put(values))
+    x = random_dense(dense_operand_shape(layout, SHAPE, 6), dtype, seed + 1)
+    # Put an Inf and a NaN into x at inputs that stored nonzeros read; the explicit zero's
+    # input gets an Inf (0 * Inf = NaN there).
+    reads = col if layout in ("A@B", "X@AT") else row
+    inputs = [reads[10], reads[100]]
+    if layout.startswith("X"):
+        x[1, inputs[0]], x[2, inputs[1]] = np.nan, np.inf
+    else:
+        x[inputs[0], 1], x[inputs[1], 2] = np.nan, np.inf
+    # And an Inf at an input that no stored nonzero reads (row 7 or column 5): it must vanish,
+    # where a dense product would turn it into a column of NaN (0 * Inf).
+    unread = 5 if layout in ("A@B", "X@AT") else 7
+    assert unread not in reads
+    if layout.startswith("X"):
+        x[0, unread] = np.inf
+    else:
+        x[unread, 0] = np.inf
+    with np.errstate(invalid="ignore"):
+        want = stored_product(layout, row, col, values.astype(np.float64), x.astype(np.float64))
+    finite_v = np.where(np.isfinite(values), np.abs(values.astype(np.float64)), 0)
+    finite_x = np.where(np.isfinite(x), np.abs(x.astype(np.float64)), 0)
+    scale = stored_product(layout, row, col, finite_v, finite_x)
+    assert np.isnan(want).any() and np.isinf(want).any()
+    unread_output = want[0] if layout.startswith("X") else want[:, 0]
+    assert np.isfinite(unread_output).all()
+    for impl in ("auto", "jax"):
+        out = apply(layout, A, jax.device_put(x), impl)
+        assert_same_nonfinite(out, want, scale, dtype, f"{layout} {impl}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_nan_and_inf_in_sddmm(dtype):
+    """A NaN in a row of ``a`` makes that row's sampled values NaN; an Inf in ``b`` reaches the
+    sampled entries of its column; other entries stay finite."""
+    seed = seed_of("nonfinite sddmm", dtype)
+    A = jaxcsb.CSB.fromdense(
+        random_dense(SHAPE, dtype, seed), random_mask(SHAPE, 0.3, 20261121), block_size=16
+    )
+    a = random_dense((SHAPE[0], 5), dtype, seed + 1)
+    b = random_dense((5, SHAPE[1]), dtype, seed + 2)
+    a[4, 2] = np.nan
+    b[1, 7] = np.inf
+    with np.errstate(invalid="ignore"):
+        want, _ = sddmm_reference(A, a, b)
+    finite_a, finite_b = np.nan_to_num(a.astype(np.float64)), np.nan_to_num(b.astype(np.float64))
+    _, scale = sddmm_reference(A, np.abs(finite_a), np.minimum(np.abs(finite_b), 10.0))
+    assert np.isnan(want).any() and np.isinf(want).any()
+    for impl in ("auto", "jax"):
+        got = jaxcsb.sddmm(jax.device_put(a), jax.device_put(b), A, impl=impl).values
+        assert_same_nonfinite(got, want, scale, dtype, f"sddmm {impl}")
