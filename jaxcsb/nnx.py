@@ -76,6 +76,9 @@ class SparseLinear(nnx.Module):
     Computation: ``x`` and the values are promoted to ``dtype`` (or, if None, the promoted dtype
     of ``x`` and the parameters; float32, bfloat16 or float16), accumulated in float32.
 
+    Construct it eagerly, not under ``jit`` or ``nnx.eval_shape``: the pattern is sorted into
+    CSB on the host. Calling it works under every transformation.
+
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from jaxcsb.nnx import SparseLinear
