@@ -139,35 +139,48 @@ class _JaxLoop:
     def once(self):
         return self._call(self.program, self.weights, 0)[0]
 
+    def _pair(self, empty, none, outer) -> tuple[float, float]:
+        total, _ = _wall(lambda: self._call(self.program, self.weights, outer))
+        bare, _ = _wall(lambda: self._call(empty, none, outer))
+        return total, bare
+
     def measure(self, est, target_s, budget_s, max_inner) -> Timing:
         empty, none = _empty_program(), [None] * self.copies
         self._call(empty, none, 0)  # compile the empty program (shared across peers)
         per_round = UNROLL * self.copies
-        outer = _clamp(target_s / (est * per_round), 1, max(1, max_inner // per_round))
-        reps = _clamp(budget_s / (outer * per_round * est), 3, 30)
-        diffs, empties = [], []
-        for rep in range(reps + 1):
-            total, _ = _wall(lambda: self._call(self.program, self.weights, outer))
-            bare, _ = _wall(lambda: self._call(empty, none, outer))
-            if rep:  # the first pair warms up the copies and the loop
-                diffs.append(total - bare)
-                empties.append(bare)
+        cap = max(1, max_inner // per_round)
+        # One call costs dispatch, the operand copy into the loop and the products, so the
+        # single-call estimate says little about one product: grow the trip count until the
+        # products (total minus empty) fill about target_s, or the cap is reached.
+        outer = _clamp(target_s / (est * per_round), 1, cap)
+        for _ in range(6):
+            total, bare = self._pair(empty, none, outer)  # the first pair also warms up
+            products = 1 + outer * per_round
+            if total - bare >= 0.5 * target_s or outer == cap:
+                break
+            per_product = max((total - bare) / products, 1e-7)
+            outer = _clamp(math.ceil(target_s / (per_product * per_round)), 2 * outer, cap)
         products = 1 + outer * per_round
+        reps = _clamp(budget_s / max(total + bare, 1e-6), 3, 30)
+        diffs, empties = [], []
+        for _ in range(reps):
+            total, bare = self._pair(empty, none, outer)
+            diffs.append(total - bare)
+            empties.append(bare)
         diff = statistics.median(diffs)
         if diff <= 0:
             raise RuntimeError(
                 f"the loop with the products was not slower than without them "
                 f"({statistics.median(empties) * 1e3:.3g} ms): below the timing noise"
             )
-        spread = _spread(diffs)
         return Timing(
-            max(diff, 1e-9) / products * 1e3,
+            diff / products * 1e3,
             reps,
             products,
             self.copies,
             "loop",
             statistics.median(empties) / products * 1e3,
-            spread,
+            _spread(diffs),
         )
 
 
