@@ -24,6 +24,7 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
@@ -376,6 +377,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
   }
 }
 
+// Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB,
+// once per device: later launches (possibly inside a CUDA-graph capture) make no such call.
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, int device, size_t smem) {
+  if (smem <= 48 * 1024) return cudaSuccess;
+  static std::atomic<bool> done[64];  // one set per kernel instantiation
+  const bool cached = device >= 0 && device < 64;
+  if (cached && done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
+  return err;
+}
+
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
@@ -418,8 +433,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
 
   const size_t smem = L::kBytes;
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+  cudaError_t err = allow_smem(kernel, dev.device, smem);
   if (err != cudaSuccess) return err;
 
   cudaLaunchConfig_t config{};

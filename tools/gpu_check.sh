@@ -39,7 +39,8 @@ step() {
   return $rc
 }
 
-note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+REV=$(git rev-parse --short HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || REV="$REV+dirty"; }
+note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) ${REV:-}"
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 note "$($PY -c 'import jax, sys; print("python", sys.version.split()[0], "jax", jax.__version__)' 2>&1 | tail -1)"
 
