@@ -37,6 +37,13 @@ def _dispatch(impl, reference, native):
     if impl == "jax":
         return reference()
     if impl == "native":
+        platform = _native._backend_platform()
+        if platform not in _native.native_platforms():
+            raise ValueError(
+                f"impl='native' but jaxcsb has no native target for platform {platform!r} "
+                f"(native targets: {sorted(_native.native_platforms())}); use impl='auto' or "
+                f"impl='jax'"
+            )
         return native()
     _native.warn_if_no_native_target()
     branches = {platform: native for platform in _native.native_platforms()}

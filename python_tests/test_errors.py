@@ -266,7 +266,9 @@ def test_bcoo_negative_index():
 
 
 def test_bcoo_with_batch_dimensions():
-    m = sparse.BCOO.fromdense(jnp.ones((2, 3, 3)), n_batch=1)
+    # Two batches of one entry each: indices (2, 1, 2) make n_batch = 1.
+    m = sparse.BCOO((jnp.ones((2, 1)), jnp.zeros((2, 1, 2), jnp.int32)), shape=(2, 3, 3))
+    assert m.n_batch == 1
     with pytest.raises(ValueError, match=r"m must be a 2-D BCOO with no batch or dense"):
         jaxcsb.CSB.from_bcoo(m)
 

@@ -366,3 +366,13 @@ def test_fallback_warning_on_gpu_without_cuda_module_says_how_to_build(monkeypat
         warnings.simplefilter("always")
         _native.warn_if_no_native_target()
     assert not caught
+
+
+def test_impl_native_without_a_target_names_the_platform(monkeypatch):
+    """impl="native" where the backend has no target is a clear ValueError, not an XLA
+    lowering error about an unknown custom call."""
+    _native.native_platforms()
+    monkeypatch.setattr(_native, "_registered", set())
+    A, _, x = _fallback_product(seed_of("native missing"))
+    with pytest.raises(ValueError, match=r"impl='native' but jaxcsb has no native target"):
+        jaxcsb.csb_matmul(A, x, impl="native")
