@@ -56,12 +56,12 @@ def parse_args(argv=None):
         default="layer",
         help="prune each layer to the sparsity, or all layers together with one threshold",
     )
-    p.add_argument("--dense-epochs", type=int, default=40)
+    p.add_argument("--dense-epochs", type=int, default=40, help="epochs of dense training")
     p.add_argument("--prune-epochs", type=int, default=40, help="epochs of gradual pruning")
     p.add_argument("--finetune-epochs", type=int, default=30, help="epochs with SparseLinear")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
     p.add_argument("--timing-repeats", type=int, default=50, help="timed calls per measurement")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

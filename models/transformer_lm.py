@@ -48,15 +48,23 @@ PRESETS = {
     # 4096 tokens per step through 1024 x 1024 and 1024 x 4096 layers: the problem sizes of the
     # kernel benchmarks.
     "gpu": dict(
-        d_model=1024, layers=4, heads=16, ffn=4096, seq_len=256, batch_size=16, steps=200, lr=5e-4
+        d_model=1024, layers=4, heads=16, ffn=4096, seq_len=256, batch_size=16, steps=100, lr=5e-4
     ),
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for the size options whose default comes from the preset."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="size preset")
     for name, kind, what in [
@@ -67,20 +75,31 @@ def parse_args(argv=None):
         ("seq-len", int, "tokens per sequence (even)"),
         ("batch-size", int, "sequences per step"),
         ("steps", int, "training steps per variant"),
-        ("lr", float, "Adam learning rate after a linear warm-up over 10% of the steps"),
+        ("lr", float, "Adam learning rate after a linear warm-up over 10%% of the steps"),
     ]:
-        p.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: preset)")
+        key = name.replace("-", "_")
+        presets = ", ".join(f"{k}: {v[key]}" for k, v in PRESETS.items())
+        p.add_argument(f"--{name}", type=kind, default=None, help=f"{what} ({presets})")
     p.add_argument("--vocab", type=int, default=16, help="symbols, the separator included")
     p.add_argument(
-        "--sparsities", type=float, nargs="*", default=[0.5, 0.8, 0.9, 0.95], metavar="S"
+        "--sparsities",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.8, 0.9, 0.95],
+        metavar="S",
+        help="sparsities of the SparseLinear variants",
     )
     p.add_argument(
-        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+        help="computation dtypes (parameters stay float32)",
     )
     p.add_argument("--no-bcoo", action="store_true", help="skip the BCOO peer")
     p.add_argument("--no-highest", action="store_true", help="skip dense at precision highest")
     p.add_argument("--timing-skip", type=int, default=5, help="first steps left out of timing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, patterns and data")
     p.add_argument("--plot", default="transformer_lm_loss.png", help="loss-curve PNG path")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
