@@ -19,6 +19,7 @@ from helpers import (
     assert_close,
     dense_operand_shape,
     random_dense,
+    random_mask,
     reference,
     seed_of,
     standard_csb,
@@ -263,8 +264,6 @@ def test_native_results_are_bitwise_reproducible(dtype):
     dtype = np.dtype(dtype)
     seed = seed_of("determinism", dtype)
     shape, n = (300, 260), 96
-    from helpers import random_mask
-
     A = jaxcsb.CSB.fromdense(
         random_dense(shape, dtype, seed),
         random_mask(shape, 0.1, seed, dense_rows=3),
