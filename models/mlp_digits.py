@@ -286,9 +286,9 @@ def main(argv=None):
     print(markdown_table(headers, rows))
     print()
     print(
-        f"sparse/dense: parameter bytes {sparse_bytes['total'] / dense_bytes['total']:.3f}x, "
-        f"train step {dense_train_s / sparse_train_s:.2f}x faster, "
-        f"inference {dense_infer_s / sparse_infer_s:.2f}x faster"
+        f"sparse / dense: parameter bytes {sparse_bytes['total'] / dense_bytes['total']:.3f}x, "
+        f"train step time {sparse_train_s / dense_train_s:.2f}x, "
+        f"inference time {sparse_infer_s / dense_infer_s:.2f}x"
     )
     print(
         "layer sparsity: "
