@@ -179,6 +179,7 @@ def _meta(args, preset, settings, notes):
         "device_count": jax.device_count(),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxcsb": jaxcsb.__version__,
