@@ -139,6 +139,7 @@ def run_peer(peer, problem, memo, settings: Settings, cold_bytes: int) -> dict:
         **rec,
         "status": "ok",
         "ms": t.ms,
+        "min_ms": t.min_ms,
         "tflops": problem.useful_flops / seconds / 1e12,
         "gbps": prep.bytes / seconds / 1e9,
         "bytes": prep.bytes,
