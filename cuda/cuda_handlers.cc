@@ -94,6 +94,9 @@ ffi::Error Sddmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer l
 
 }  // namespace
 
+// Not declared command-buffer compatible: the first call on a device reads its properties and
+// raises the kernels' shared-memory limit, which CUDA refuses during stream capture
+// (cudaErrorStreamCaptureUnsupported inside jitted loops), so XLA must launch these directly.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSpmm, Spmm,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
@@ -107,8 +110,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSpmm, Spmm,
                                   .Attr<int64_t>("cols")
                                   .Attr<int64_t>("block_size")
                                   .Attr<bool>("transpose")
-                                  .Attr<bool>("batch_leading"),
-                              {ffi::Traits::kCmdBufferCompatible});
+                                  .Attr<bool>("batch_leading"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSddmm, Sddmm,
                               ffi::Ffi::Bind()
@@ -122,7 +124,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSddmm, Sddmm,
                                   .Attr<int64_t>("cols")
                                   .Attr<int64_t>("block_size")
                                   .Attr<bool>("lhs_transposed")
-                                  .Attr<bool>("rhs_transposed"),
-                              {ffi::Traits::kCmdBufferCompatible});
+                                  .Attr<bool>("rhs_transposed"));
 
 }  // namespace jaxcsb::cuda
