@@ -15,17 +15,22 @@ def tree_bytes(tree) -> int:
     return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)))
 
 
-def median_seconds(fn, *args, repeats: int = 30, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*args)`` over ``repeats`` calls, each waited for, after
-    ``warmup`` calls (compilation excluded)."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(calls: dict, *, rounds: int = 5, repeats: int = 10, warmup: int = 2):
+    """Median wall time of each zero-argument callable in ``calls`` (name -> fn), measured in
+    ``rounds`` rounds that take turns over all of them, ``repeats`` waited-for calls each, after
+    ``warmup`` calls each. Taking turns spreads changes in the machine's load over every
+    candidate instead of penalizing whichever ran during a busy spell."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def format_bytes(n: float) -> str:

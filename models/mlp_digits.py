@@ -31,8 +31,8 @@ import optax
 from common import (
     device_description,
     format_bytes,
+    interleaved_medians,
     markdown_table,
-    median_seconds,
     tree_bytes,
     write_json,
 )
@@ -62,7 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="images per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffling")
-    p.add_argument("--timing-repeats", type=int, default=50, help="timed calls per measurement")
+    p.add_argument(
+        "--timing-rounds", type=int, default=5, help="rounds of timing, dense and sparse in turn"
+    )
+    p.add_argument("--timing-repeats", type=int, default=10, help="timed calls per round")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -181,8 +184,10 @@ def main(argv=None):
     nnx.update((model, optimizer), state)
     dense_bytes = model_bytes(model)
     xb, yb = x_train[: args.batch_size], y_train[: args.batch_size]
-    dense_train_s = median_seconds(train_step, state, xb, yb, repeats=args.timing_repeats)
-    dense_infer_s = median_seconds(predict, state, x_test, repeats=args.timing_repeats)
+    dense_calls = {
+        "dense train": lambda f=train_step, s=state: f(s, xb, yb),
+        "dense inference": lambda f=predict, s=state: f(s, x_test),
+    }
 
     # 2. gradual pruning (masked dense) ----------------------------------------------------------
     begin = args.dense_epochs * steps_per_epoch
@@ -224,9 +229,18 @@ def main(argv=None):
     sparse_acc = accuracy(predict, state, x_test, y_test)
     nnx.update((model, optimizer), state)
     sparse_bytes = model_bytes(model)
-    xb, yb = x_train[: args.batch_size], y_train[: args.batch_size]
-    sparse_train_s = median_seconds(train_step, state, xb, yb, repeats=args.timing_repeats)
-    sparse_infer_s = median_seconds(predict, state, x_test, repeats=args.timing_repeats)
+    # Dense and sparse steps take turns, so that changes in the machine's load hit both.
+    times = interleaved_medians(
+        {
+            **dense_calls,
+            "sparse train": lambda f=train_step, s=state: f(s, xb, yb),
+            "sparse inference": lambda f=predict, s=state: f(s, x_test),
+        },
+        rounds=args.timing_rounds,
+        repeats=args.timing_repeats,
+    )
+    dense_train_s, dense_infer_s = times["dense train"], times["dense inference"]
+    sparse_train_s, sparse_infer_s = times["sparse train"], times["sparse inference"]
     elapsed = time.perf_counter() - start
 
     layers = pruning.layer_sparsity(model)

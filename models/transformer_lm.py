@@ -14,7 +14,8 @@ The same model is trained, under ``jax.jit`` with optax Adam, in several variant
   computation bfloat16);
 * a peer built on ``jax.experimental.sparse`` BCOO (``bcoo_linear.BCOOLinear``) at 90%.
 
-Reported: tokens per second of the training step (median step time, compilation excluded),
+Reported: tokens per second of the training step (median step time, compilation excluded,
+measured after training with the variants taking turns),
 bytes of parameters plus optimizer state (plus the sparse index arrays), final loss, a PNG of
 the loss curves, and the ratios behind the GPU targets (sparse 90% float32 against dense at
 precision "highest" and against BCOO; bytes against dense).
@@ -35,7 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import device_description, format_bytes, markdown_table, tree_bytes, write_json
+from common import (
+    device_description,
+    format_bytes,
+    interleaved_medians,
+    markdown_table,
+    tree_bytes,
+    write_json,
+)
 from flax import nnx
 from tqdm import tqdm
 
@@ -98,7 +106,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--no-bcoo", action="store_true", help="skip the BCOO peer")
     p.add_argument("--no-highest", action="store_true", help="skip dense at precision highest")
-    p.add_argument("--timing-skip", type=int, default=5, help="first steps left out of timing")
+    p.add_argument(
+        "--timing-rounds", type=int, default=5, help="rounds of timing, variants in turn"
+    )
+    p.add_argument("--timing-repeats", type=int, default=10, help="timed steps per round")
+    p.add_argument(
+        "--timing-skip", type=int, default=5, help="first steps left out of the in-loop timing"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the init, patterns and data")
     p.add_argument("--plot", default="transformer_lm_loss.png", help="loss-curve PNG path")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -262,22 +276,21 @@ def train_variant(args, variant: Variant, position: int):
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     wall = time.perf_counter() - compile_start
     timed = times[args.timing_skip :] or times
-    step_s = statistics.median(timed)
-    tokens = args.batch_size * args.seq_len
-    return {
+    batch = batch_fn(0)
+    result = {
         "variant": variant.name,
         "kind": variant.kind,
         "dtype": variant.dtype,
         "sparsity": variant.sparsity,
         "precision": variant.precision,
-        "step_s": step_s,
-        "tokens_per_s": tokens / step_s,
+        "step_s_training_loop": statistics.median(timed),
         "first_step_s": times[0],
         "wall_s": wall,
         "bytes": nbytes,
         "losses": losses,
         "final_loss": float(np.mean(losses[-10:])),
     }
+    return result, lambda: train_step(state, *batch)
 
 
 def variants(args):
@@ -381,16 +394,24 @@ def main(argv=None):
         f"{args.steps} steps per variant; device {device_description()}"
     )
     todo = variants(args)
-    results = []
+    results, steps = [], {}
     outer = tqdm(todo, desc="variants", disable=args.no_progress, dynamic_ncols=True)
     for v in outer:
-        results.append(train_variant(args, v, position=1))
-        r = results[-1]
+        result, steps[v.name] = train_variant(args, v, position=1)
+        results.append(result)
         outer.write(
-            f"{v.name:>22}: {r['tokens_per_s']:>12,.0f} tokens/s, loss {r['final_loss']:.3f}, "
-            f"{format_bytes(r['bytes']['total'])}"
+            f"{v.name:>22}: loss {result['final_loss']:.3f}, "
+            f"{format_bytes(result['bytes']['total'])}, "
+            f"{1e3 * result['step_s_training_loop']:.2f} ms/step while training"
         )
     outer.close()
+    # The timings reported: every variant's train step, taking turns over the variants in
+    # several rounds, so that changes in the machine's load hit all of them alike.
+    print(f"timing: {args.timing_rounds} rounds x {args.timing_repeats} steps per variant")
+    medians = interleaved_medians(steps, rounds=args.timing_rounds, repeats=args.timing_repeats)
+    for r in results:
+        r["step_s"] = medians[r["variant"]]
+        r["tokens_per_s"] = tokens / r["step_s"]
     print()
     targets = summarize(args, results)
     plot(results, args.plot)
