@@ -54,6 +54,44 @@ inline std::string dims_string(ffi::AnyBuffer::Dimensions dims) {
   return s.str();
 }
 
+// The numpy name of an element type, for messages.
+inline std::string type_name(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::PRED:
+      return "bool";
+    case ffi::DataType::S8:
+      return "int8";
+    case ffi::DataType::S16:
+      return "int16";
+    case ffi::DataType::S32:
+      return "int32";
+    case ffi::DataType::S64:
+      return "int64";
+    case ffi::DataType::U8:
+      return "uint8";
+    case ffi::DataType::U16:
+      return "uint16";
+    case ffi::DataType::U32:
+      return "uint32";
+    case ffi::DataType::U64:
+      return "uint64";
+    case ffi::DataType::F16:
+      return "float16";
+    case ffi::DataType::F32:
+      return "float32";
+    case ffi::DataType::F64:
+      return "float64";
+    case ffi::DataType::BF16:
+      return "bfloat16";
+    case ffi::DataType::C64:
+      return "complex64";
+    case ffi::DataType::C128:
+      return "complex128";
+    default:
+      return "element type " + std::to_string(static_cast<int>(type));
+  }
+}
+
 inline ffi::Error invalid(const std::string& what) {
   return ffi::Error::InvalidArgument("jaxcsb: " + what);
 }
@@ -76,8 +114,8 @@ inline ffi::Error check_dims(const char* name, ffi::AnyBuffer buf,
 inline ffi::Error check_type(const char* name, ffi::AnyBuffer buf, ffi::DataType want,
                              const char* want_name) {
   if (buf.element_type() == want) return ffi::Error::Success();
-  return invalid(std::string(name) + " has element type " +
-                 std::to_string(static_cast<int>(buf.element_type())) + ", expected " + want_name);
+  return invalid(std::string(name) + " has element type " + type_name(buf.element_type()) +
+                 ", expected " + want_name);
 }
 
 inline ffi::ErrorOr<ValueType> value_type(const char* name, ffi::AnyBuffer buf) {
@@ -90,7 +128,7 @@ inline ffi::ErrorOr<ValueType> value_type(const char* name, ffi::AnyBuffer buf) 
       return ValueType::kF16;
     default:
       return Fail(invalid(std::string(name) + " has unsupported element type " +
-                          std::to_string(static_cast<int>(buf.element_type())) +
+                          type_name(buf.element_type()) +
                           ": expected float32, bfloat16 or float16"));
   }
 }
@@ -151,10 +189,14 @@ inline ffi::ErrorOr<SpmmProblem> check_spmm(ffi::AnyBuffer block_ptr, ffi::AnyBu
   }
   p.num_units = units.dimensions()[0] - 1;
   if (dense.element_type() != values.element_type()) {
-    return Fail(invalid("dense operand and values have different element types"));
+    return Fail(invalid("dense operand and values have different element types (" +
+                        type_name(dense.element_type()) + " and " +
+                        type_name(values.element_type()) + ")"));
   }
   if (out.element_type() != values.element_type()) {
-    return Fail(invalid("output and values have different element types"));
+    return Fail(invalid("output and values have different element types (" +
+                        type_name(out.element_type()) + " and " + type_name(values.element_type()) +
+                        ")"));
   }
   if (dense.dimensions().size() != 2) {
     return Fail(
@@ -191,7 +233,9 @@ inline ffi::ErrorOr<SddmmProblem> check_sddmm(ffi::AnyBuffer block_ptr, ffi::Any
   p.type = type.value();
   if (auto e = check_structure(p.shape, block_ptr, local, p.nnz); e.failure()) return Fail(e);
   if (lhs.element_type() != out.element_type() || rhs.element_type() != out.element_type()) {
-    return Fail(invalid("lhs, rhs and output values must share one element type"));
+    return Fail(invalid("lhs, rhs and output values must share one element type, got " +
+                        type_name(lhs.element_type()) + ", " + type_name(rhs.element_type()) +
+                        " and " + type_name(out.element_type())));
   }
   if (lhs.dimensions().size() != 2 || rhs.dimensions().size() != 2) {
     return Fail(invalid("lhs and rhs must have rank 2, got shapes " +
