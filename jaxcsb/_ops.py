@@ -29,6 +29,34 @@ def _check_impl(impl):
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
+def _vma(x):
+    """The mesh axes over which x varies inside shard_map (empty outside, or unchecked)."""
+    if not hasattr(jax.lax, "pcast"):  # a jax without varying-axis types
+        return frozenset()
+    t = jax.typeof(x)
+    mat = getattr(t, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(t, "vma", ()))
+
+
+def _ffi(call, *args, **attrs):
+    """An FFI call typed like a primitive under shard_map's vma check: inputs cast to vary
+    over the union of their axes, the output declared to vary over it too."""
+    vma = frozenset().union(*(_vma(a) for a in args))
+    if not vma:
+        return call(*args, **attrs)
+    args = [jax.lax.pcast(a, tuple(vma - _vma(a)), to="varying") for a in args]
+    return jax.lax.pcast(call(*args, **attrs), tuple(vma), to="varying")
+
+
+def _sum_to(cotangent, primal):
+    """A cotangent summed over the axes its primal does not vary over (the transpose of the
+    implicit broadcast of an unvarying operand)."""
+    extra = tuple(_vma(cotangent) - _vma(primal))
+    return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
 # --- dispatch --------------------------------------------------------------------------------
 
 
@@ -62,7 +90,8 @@ def _spmm_forward(p: Spmm, values, dense, block_ptr, local, units):
             jax.ShapeDtypeStruct(out_shape, values.dtype),
             vmap_method="sequential",
         )
-        return call(
+        return _ffi(
+            call,
             block_ptr,
             local,
             values,
@@ -93,7 +122,8 @@ def _sddmm_forward(p: Sddmm, lhs, rhs, block_ptr, local):
             jax.ShapeDtypeStruct((nnz,), lhs.dtype),
             vmap_method="sequential",
         )
-        return call(
+        return _ffi(
+            call,
             block_ptr,
             local,
             lhs,
@@ -134,7 +164,7 @@ def _spmm_bwd(p: Spmm, residuals, g):
     lhs, rhs = (dense, g) if p.transpose else (g, dense)
     q = Sddmm(p.stored_shape, p.block_size, p.batch_leading, not p.batch_leading, p.impl)
     d_values = _sddmm(q, lhs, rhs, block_ptr, local, row_units, col_units)
-    return d_values, d_dense, None, None, None, None
+    return _sum_to(d_values, values), _sum_to(d_dense, dense), None, None, None, None
 
 
 _spmm.defvjp(_spmm_fwd, _spmm_bwd)
@@ -171,7 +201,7 @@ def _sddmm_bwd(q: Sddmm, residuals, g):
     d_rhs = _spmm(p, g, lhs, *units)
     if p.batch_leading == q.rhs_transposed:
         d_rhs = d_rhs.T
-    return d_lhs, d_rhs, None, None, None, None
+    return _sum_to(d_lhs, lhs), _sum_to(d_rhs, rhs), None, None, None, None
 
 
 _sddmm.defvjp(_sddmm_fwd, _sddmm_bwd)

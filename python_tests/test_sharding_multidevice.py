@@ -455,13 +455,6 @@ def test_nnx_data_parallel_value_and_grad_matches_one_device():
 # --- csb_matmul in a user's own shard_map ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="csb_matmul's ffi_call declares no varying manual axes for its output and its "
-    "custom_vjp returns unsummed cotangents for unvarying operands, so shard_map's default "
-    "vma check (check_vma=True) rejects it; jaxcsb.sharding runs its shard_maps with the "
-    "check off until jaxcsb/_ops.py types the call (pcast in and out, psum in the bwd rule)",
-)
 def test_csb_matmul_inside_a_vma_checked_shard_map():
     """With the check on, the gradient of the replicated values taken inside shard_map is
     summed over the devices by JAX itself (the transpose of the implicit broadcast)."""
