@@ -1,8 +1,11 @@
 // CPU SDDMM: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros of S.
 //
-// Work items are blocks. For each nonempty block the kernel stages, tile by tile along n, the
-// block's rows of L and columns of R as float32 rows of the tile width (so every layout reduces
-// to contiguous dot products), and each nonzero accumulates one dot product per tile.
+// Work items are blocks; a slice is a contiguous range of them (block-row-major). A slice walks
+// n in tiles. Per tile it reads every column of R as a float32 row of the tile (staged once per
+// tile, or used in place when R is float32 with n contiguous) and the rows of L of the current
+// block-row (staged once per block-row), so each staged row serves every nonzero that needs it.
+// Each nonzero then adds the dot product of its L row and R row over the tile; four nonzeros
+// run together so that four independent accumulator chains hide the multiply-add latency.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -13,38 +16,81 @@
 namespace jaxcsb::cpu {
 namespace {
 
-// Two staged tiles of block_size x tile_width float32 values stay in L2 (64 KiB each).
-int64_t tile_width(int32_t block_size) { return std::max<int64_t>(16, 16384 / block_size); }
+// Columns of n per tile: the staged rows of a 1024-column R then take 2 MiB.
+constexpr int64_t kTileWidth = 512;
 
-// Eight independent partial sums let the compiler vectorise without reassociating: the order
-// of additions is fixed, so results are reproducible.
-inline float dot(const float* a, const float* b, int64_t width) {
-  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t k = 0;
-  for (; k + 8 <= width; k += 8) {
-    for (int l = 0; l < 8; ++l) lanes[l] += a[k + l] * b[k + l];
-  }
-  for (; k < width; ++k) lanes[k & 7] += a[k] * b[k];
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
+
+inline float sum8(Vec8 v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
-// Stages rows [base, base + count) of a matrix indexed (row, n), stored row-major as (rows, n)
-// when `row_major`, else as (n, rows), for columns n0 .. n0 + width.
+// acc[k] += dot(a[k], b[k]) over `width` floats for k < count, four at a time. The order of
+// additions is fixed, so results do not depend on threads or alignment.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void dot_rows(
+    const float* const* a, const float* const* b, float* acc, int64_t count, int64_t width) {
+  int64_t k = 0;
+  for (; k + 4 <= count; k += 4) {
+    Vec8 s[4] = {};
+    int64_t j = 0;
+    for (; j + 8 <= width; j += 8) {
+      for (int q = 0; q < 4; ++q) {
+        s[q] += *reinterpret_cast<const Vec8*>(a[k + q] + j) *
+                *reinterpret_cast<const Vec8*>(b[k + q] + j);
+      }
+    }
+    for (int q = 0; q < 4; ++q) {
+      float tail = 0.0f;
+      for (int64_t t = j; t < width; ++t) tail += a[k + q][t] * b[k + q][t];
+      acc[k + q] += sum8(s[q]) + tail;
+    }
+  }
+  for (; k < count; ++k) {
+    Vec8 s = {};
+    int64_t j = 0;
+    for (; j + 8 <= width; j += 8) {
+      s += *reinterpret_cast<const Vec8*>(a[k] + j) * *reinterpret_cast<const Vec8*>(b[k] + j);
+    }
+    float tail = 0.0f;
+    for (int64_t t = j; t < width; ++t) tail += a[k][t] * b[k][t];
+    acc[k] += sum8(s) + tail;
+  }
+}
+
+// Rows [base, base + count) of a matrix indexed (row, n), stored as (rows, n) when `row_major`
+// else as (n, rows), restricted to columns n0 .. n0 + width, as float32 rows: row r starts at
+// result + r * stride. Float32 (rows, n) storage is used in place; anything else is converted
+// (and transposed in 8 x 8 tiles) into `buf`.
 template <typename T>
-void stage_rows(const T* m, bool row_major, int64_t total_rows, int64_t n, int64_t base,
-                int64_t count, int64_t n0, int64_t width, int64_t tw, float* stage) {
+const float* stage_rows(const T* m, bool row_major, int64_t total_rows, int64_t n, int64_t base,
+                        int64_t count, int64_t n0, int64_t width, std::vector<float>& buf,
+                        int64_t* stride) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (row_major) {
+      *stride = n;
+      return m + base * n + n0;
+    }
+  }
+  *stride = kTileWidth;
+  buf.resize(count * kTileWidth);
   if (row_major) {
     for (int64_t r = 0; r < count; ++r) {
       const T* src = m + (base + r) * n + n0;
-      for (int64_t k = 0; k < width; ++k) stage[r * tw + k] = to_f32(src[k]);
+      for (int64_t k = 0; k < width; ++k) buf[r * kTileWidth + k] = to_f32(src[k]);
     }
-  } else {
-    for (int64_t k = 0; k < width; ++k) {
-      const T* src = m + (n0 + k) * total_rows + base;
-      for (int64_t r = 0; r < count; ++r) stage[r * tw + k] = to_f32(src[r]);
+    return buf.data();
+  }
+  for (int64_t k0 = 0; k0 < width; k0 += 8) {
+    const int64_t k1 = std::min(width, k0 + 8);
+    for (int64_t r0 = 0; r0 < count; r0 += 8) {
+      const int64_t r1 = std::min(count, r0 + 8);
+      for (int64_t k = k0; k < k1; ++k) {
+        const T* src = m + (n0 + k) * total_rows + base;
+        for (int64_t r = r0; r < r1; ++r) buf[r * kTileWidth + k] = to_f32(src[r]);
+      }
     }
   }
+  return buf.data();
 }
 
 }  // namespace
@@ -54,9 +100,7 @@ std::vector<int64_t> sddmm_slices(const SddmmProblem& p, const int32_t* block_pt
   const int64_t blocks = p.shape.num_blocks();
   std::vector<int64_t> prefix(blocks + 1, 0);
   for (int64_t b = 0; b < blocks; ++b) {
-    int64_t nnz = int64_t{block_ptr[b + 1]} - block_ptr[b];
-    // Staging costs about 2 * block_size rows per nonempty block.
-    prefix[b + 1] = prefix[b] + (nnz ? nnz + 2 * p.shape.block_size : 1);
+    prefix[b + 1] = prefix[b] + (int64_t{block_ptr[b + 1]} - block_ptr[b]) + 1;
   }
   return balanced_split(prefix, num_slices);
 }
@@ -64,28 +108,38 @@ std::vector<int64_t> sddmm_slices(const SddmmProblem& p, const int32_t* block_pt
 template <typename T>
 void sddmm(const SddmmProblem& p, const int32_t* block_ptr, const uint16_t* local, const T* lhs,
            const T* rhs, T* out, int64_t block_begin, int64_t block_end) {
+  if (block_begin >= block_end) return;
   const CsbShape& s = p.shape;
-  const int64_t beta = s.block_size, tw = tile_width(s.block_size);
-  std::vector<float> stage_l(beta * tw), stage_r(beta * tw), acc;
-  for (int64_t b = block_begin; b < block_end; ++b) {
-    const int64_t e0 = block_ptr[b], e1 = block_ptr[b + 1];
-    if (e0 == e1) continue;
-    const int64_t row_base = b / s.block_cols() * beta, col_base = b % s.block_cols() * beta;
-    const int64_t rows = std::min(beta, s.rows - row_base);
-    const int64_t cols = std::min(beta, s.cols - col_base);
-    acc.assign(e1 - e0, 0.0f);
-    for (int64_t n0 = 0; n0 < p.n; n0 += tw) {
-      const int64_t width = std::min(tw, p.n - n0);
-      stage_rows(lhs, !p.lhs_transposed, s.rows, p.n, row_base, rows, n0, width, tw,
-                 stage_l.data());
-      stage_rows(rhs, p.rhs_transposed, s.cols, p.n, col_base, cols, n0, width, tw, stage_r.data());
-      for (int64_t e = e0; e < e1; ++e) {
-        acc[e - e0] += dot(stage_l.data() + local_row(local[e]) * tw,
-                           stage_r.data() + local_col(local[e]) * tw, width);
+  const int64_t beta = s.block_size;
+  const int64_t e_begin = block_ptr[block_begin], e_end = block_ptr[block_end];
+  std::vector<float> acc(e_end - e_begin, 0.0f), lhs_buf, rhs_buf;
+  std::vector<const float*> a_rows(e_end - e_begin), b_rows(e_end - e_begin);
+  for (int64_t n0 = 0; n0 < p.n; n0 += kTileWidth) {
+    const int64_t width = std::min(kTileWidth, p.n - n0);
+    int64_t rhs_stride, lhs_stride = 0;
+    const float* rhs_rows =
+        stage_rows(rhs, p.rhs_transposed, s.cols, p.n, 0, s.cols, n0, width, rhs_buf, &rhs_stride);
+    const float* lhs_rows = nullptr;
+    int64_t staged_row = -1;
+    for (int64_t b = block_begin; b < block_end; ++b) {
+      const int64_t e0 = block_ptr[b], e1 = block_ptr[b + 1];
+      if (e0 == e1) continue;
+      const int64_t block_row = b / s.block_cols(), col_base = b % s.block_cols() * beta;
+      if (block_row != staged_row) {
+        const int64_t row_base = block_row * beta, rows = std::min(beta, s.rows - row_base);
+        lhs_rows = stage_rows(lhs, !p.lhs_transposed, s.rows, p.n, row_base, rows, n0, width,
+                              lhs_buf, &lhs_stride);
+        staged_row = block_row;
       }
+      for (int64_t e = e0; e < e1; ++e) {
+        a_rows[e - e_begin] = lhs_rows + local_row(local[e]) * lhs_stride;
+        b_rows[e - e_begin] = rhs_rows + (col_base + local_col(local[e])) * rhs_stride;
+      }
+      dot_rows(a_rows.data() + (e0 - e_begin), b_rows.data() + (e0 - e_begin),
+               acc.data() + (e0 - e_begin), e1 - e0, width);
     }
-    for (int64_t e = e0; e < e1; ++e) out[e] = from_f32<T>(acc[e - e0]);
   }
+  for (int64_t e = e_begin; e < e_end; ++e) out[e] = from_f32<T>(acc[e - e_begin]);
 }
 
 template void sddmm<float>(const SddmmProblem&, const int32_t*, const uint16_t*, const float*,
