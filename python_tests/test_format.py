@@ -39,9 +39,11 @@ def test_layout_invariants(block_size):
     assert A.row_units.size <= brows * bcols + 1 and A.col_units.size <= brows * bcols + 1
 
 
-@pytest.mark.parametrize("sparsity, expected", [(0.5, 16), (0.9, 64), (0.95, 128), (0.98, 256)])
+@pytest.mark.parametrize(
+    "sparsity, expected", [(0.5, 16), (0.8, 64), (0.9, 128), (0.95, 256), (0.98, 256)]
+)
 def test_default_block_size_examples(sparsity, expected):
-    """The documented heuristic: density * beta >= 4 at the smallest such beta."""
+    """The documented heuristic: density * beta >= 8 at the smallest such beta."""
     shape = (1024, 1024)
     nnz = int(round((1 - sparsity) * shape[0] * shape[1]))
     assert default_block_size(shape, nnz) == expected

@@ -156,7 +156,7 @@ def test_dense_round_trips_are_exact():
         np.testing.assert_allclose(
             f64(linear(x.astype(jnp.bfloat16))), f64(layer(x.astype(jnp.bfloat16))), atol=0.1
         )
-    again = SparseLinear.from_linear(linear, mask=mask)
+    again = SparseLinear.from_linear(linear, mask=mask, block_size=layer.block_size)
     np.testing.assert_array_equal(np.asarray(again.values[...]), np.asarray(layer.values[...]))
     np.testing.assert_array_equal(np.asarray(again.local[...]), np.asarray(layer.local[...]))
 
