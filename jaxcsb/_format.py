@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _build
+from . import _build, _validate
 from ._dtypes import check_value_dtype
 from ._schedule import build_units
 
@@ -35,6 +35,20 @@ def coordinates(block_ptr, local, stored_shape, block_size):
     row = (block // block_cols) * block_size + (local >> 8)
     col = (block % block_cols) * block_size + (local & 0xFF)
     return row, col
+
+
+def host_array(x, name: str, where: str) -> np.ndarray:
+    """``x`` as a numpy array, or TypeError naming ``name`` when it is traced: the sparsity
+    structure is built on the host and its size depends on the values."""
+    if isinstance(x, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a concrete array: {where} builds the sparsity structure on the "
+            f"host, and its size (nnz) depends on the values, but {name} is traced "
+            f"({x.aval.str_short()}) inside jit, vmap, grad or a similar transformation. Build "
+            f"the CSB outside the transformation and pass it in; inside, keep the structure "
+            f"and change the values with A.with_values(...)"
+        )
+    return np.asarray(x)
 
 
 def host_coordinates(block_ptr, local, stored_shape, block_size):
@@ -135,6 +149,19 @@ class CSB:
             f"block_size={self.block_size}{', transposed view' if self.transposed else ''})"
         )
 
+    def validate(self) -> CSB:
+        """Checks that the arrays are consistent and returns the matrix; ValueError naming the
+        first inconsistent array.
+
+        Shapes and dtypes are always checked; the contents (``block_ptr`` rises from 0 to nnz,
+        every local index lies inside its block, clipped at the matrix edge; the work units
+        start every line) when the arrays are concrete, in O(nnz + blocks) on the host. Only
+        arrays built or edited by hand can fail: the constructors build consistent ones.
+        Products run the same checks (the contents once per set of jax arrays).
+        """
+        _validate.check(self)
+        return self
+
     # values -----------------------------------------------------------------------------------
     def with_values(self, values) -> CSB:
         """The same structure with new values (length nnz, a supported dtype)."""
@@ -152,7 +179,9 @@ class CSB:
     # conversions ------------------------------------------------------------------------------
     def coordinates(self):
         """Global (row, col) of every nonzero in this matrix's (logical) orientation, as int32
-        arrays in storage order. Computed on the host when the index arrays are concrete."""
+        arrays in storage order. Computed on the host when the index arrays are concrete
+        (which also checks them, see :meth:`validate`)."""
+        _validate.check(self, units=False)
         args = (self.block_ptr, self.local, self.stored_shape, self.block_size)
         try:
             row, col = jax.device_put(host_coordinates(*args))
@@ -188,6 +217,9 @@ class CSB:
     @classmethod
     def from_coo(cls, row, col, values, shape, *, block_size=None, dtype=None) -> CSB:
         """From coordinate triplets. Duplicate coordinates raise ValueError."""
+        where = "CSB.from_coo"
+        row, col = host_array(row, "row", where), host_array(col, "col", where)
+        values = host_array(values, "values", where)
         values, block_ptr, local, beta = _build.csb_arrays_from_coo(
             row, col, values, shape, block_size, dtype
         )
@@ -204,13 +236,13 @@ class CSB:
     def fromdense(cls, w, mask=None, *, block_size=None, dtype=None) -> CSB:
         """From a dense 2-D array. Without ``mask`` the nonzeros of ``w`` are kept; with a mask
         the pattern is exactly the mask's True entries, explicit zeros inside it included."""
-        w = np.asarray(w)
+        w = host_array(w, "w", "CSB.fromdense")
         if w.ndim != 2:
             raise ValueError(f"w must be a 2-D array, got shape {w.shape}")
         if mask is None:
             keep = w != 0
         else:
-            keep = np.asarray(mask)
+            keep = host_array(mask, "mask", "CSB.fromdense")
             if keep.shape != w.shape:
                 raise ValueError(f"mask must have the shape of w {w.shape}, got {keep.shape}")
             keep = keep.astype(bool)
@@ -249,7 +281,8 @@ class CSB:
                 f"m must be a 2-D BCOO with no batch or dense dimensions, got n_batch="
                 f"{m.n_batch}, n_dense={m.n_dense}, shape={m.shape}"
             )
-        indices, data = np.asarray(m.indices), np.asarray(m.data)
+        indices = host_array(m.indices, "m.indices", "CSB.from_bcoo")
+        data = host_array(m.data, "m.data", "CSB.from_bcoo")
         if dtype is None:
             check_value_dtype(data.dtype, "m.data")
         padding = (indices[:, 0] == m.shape[0]) & (indices[:, 1] == m.shape[1])

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native, _reference
+from . import _native, _reference, _validate
 from ._dtypes import check_value_dtype
 from ._format import CSB
 from ._problem import Sddmm, Spmm
@@ -224,6 +224,51 @@ def _dense_operand(x, name):
     return x
 
 
+def _check_matrix(A: CSB, name):
+    """The CSB operand's arrays are consistent: lengths always, contents when concrete."""
+    if len(getattr(A.values, "shape", ())) != 1:
+        shape = getattr(A.values, "shape", None)
+        raise ValueError(f"{name}.values must be 1-D (nnz,), got shape {shape}")
+    try:
+        _validate.check(A)
+    except ValueError as e:
+        raise ValueError(f"{name} has {e}") from None
+
+
+def _devices(x):
+    """The devices of a concrete array committed to them, else None (free to move)."""
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+        return None
+    if not getattr(x, "committed", False):
+        return None
+    return frozenset(x.sharding.device_set)
+
+
+def _check_devices(**operands):
+    """Committed operands must share their devices, as JAX requires of one computation; the
+    error names the operands (JAX's own names the custom call's positional arguments)."""
+    placed = [(name, d) for name, x in operands.items() if (d := _devices(x)) is not None]
+    for name, devices in placed[1:]:
+        first, first_devices = placed[0]
+        if devices != first_devices:
+
+            def show(ds):
+                return "[" + ", ".join(str(d) for d in sorted(ds, key=lambda d: d.id)) + "]"
+
+            raise ValueError(
+                f"{name} is committed to device(s) {show(devices)} but {first} to "
+                f"{show(first_devices)}: operands of one product must live on the same "
+                f"devices; move one with jax.device_put"
+            )
+
+
+def _csb_leaves(A: CSB, name):
+    return {
+        f"{name}.{leaf}": getattr(A, leaf)
+        for leaf in ("values", "block_ptr", "local", "row_units", "col_units")
+    }
+
+
 def _check_same_dtype(a: CSB, x, name):
     check_value_dtype(x.dtype, name)
     if x.dtype != a.dtype:
@@ -258,6 +303,9 @@ def csb_matmul(a, b, *, impl: str = "auto"):
     x = _dense_operand(b if sparse_left else a, "b" if sparse_left else "a")
     name = "b" if sparse_left else "a"
     _check_same_dtype(A, x, name)
+    sparse_name = "a" if sparse_left else "b"
+    _check_matrix(A, sparse_name)
+    _check_devices(**_csb_leaves(A, sparse_name), **{name: x})
     m, k = A.shape
     if sparse_left:
         if x.ndim != 2:
@@ -307,6 +355,8 @@ def sddmm(a, b, pattern: CSB, *, impl: str = "auto") -> CSB:
     b = _dense_operand(b, "b")
     _check_same_dtype(pattern, a, "a")
     _check_same_dtype(pattern, b, "b")
+    _check_matrix(pattern, "pattern")
+    _check_devices(**_csb_leaves(pattern, "pattern"), a=a, b=b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"a and b must be 2-D, got a.shape={a.shape}, b.shape={b.shape}")
     m, k = pattern.shape
