@@ -29,11 +29,15 @@ constexpr int64_t kChunk = 64;
 // Columns per work item. Wider tiles amortise the per-block work (staging, looping over
 // segments) over more arithmetic; on one AVX-512 core, 2048 x 512 at 90% sparsity with
 // n = 256 ran at 18 GFLOP/s with 64 columns, 26 with 128 and 28 with 256. The accumulator
-// then takes block_size KiB (L2).
-int64_t tile_width(int32_t) { return 256; }
+// then takes block_size KiB (L2). A narrower n gets a tile of its own width (rounded up to 8
+// floats): the tile width is the row stride of the accumulator and of the staged slab, which
+// holds in_dim rows, so a 256-wide stride for n = 8 would stage 32 times the data.
+int64_t tile_width(const SpmmProblem& p) {
+  return std::min<int64_t>(256, std::max<int64_t>(8, (p.n + 7) / 8 * 8));
+}
 
 int64_t num_tiles(const SpmmProblem& p) {
-  int64_t w = tile_width(p.shape.block_size);
+  int64_t w = tile_width(p);
   return (p.n + w - 1) / w;
 }
 
@@ -62,44 +66,54 @@ struct GroupedBlock {
   std::vector<RowSegment> segments;
   std::vector<int64_t> offsets;  // of each nonzero's input row in the slab
   std::vector<float> values;
-  std::vector<int32_t> count;  // counting-sort scratch, block_size + 1 entries
 
-  // `base` is the offset of the block's first input row in the slab.
+  // `base` is the offset of the block's first input row in the slab; `scratch` is sorting
+  // space shared by the blocks of a slice.
   template <typename T>
   void build(const SpmmProblem& p, const uint16_t* local, const T* vals, int64_t e0, int64_t e1,
-             int64_t base, int64_t stride) {
+             int64_t base, int64_t stride, std::vector<int32_t>& scratch) {
     const int64_t nnz = e1 - e0, beta = p.shape.block_size;
     const bool transpose = p.shape.transpose;
     offsets.resize(nnz);
     values.resize(nnz);
     segments.clear();
-    segments.reserve(beta);
+    // Appends nonzero k of the block at `slot` of the grouped order (slots in rising order).
+    auto place = [&](int32_t slot, int64_t k) {
+      const uint16_t loc = local[e0 + k];
+      offsets[slot] = base + local_in(loc, transpose) * stride;
+      values[slot] = to_f32(vals[e0 + k]);
+      const int32_t out = local_out(loc, transpose);
+      if (segments.empty() || segments.back().out != out) segments.push_back({out, slot, slot});
+      segments.back().end = slot + 1;
+    };
     if (!transpose) {  // stored order is already by row
-      for (int64_t k = 0; k < nnz; ++k) {
-        offsets[k] = base + local_in(local[e0 + k], false) * stride;
-        values[k] = to_f32(vals[e0 + k]);
-      }
-      for (int64_t k = 0; k < nnz; ++k) {
-        int32_t out = local_out(local[e0 + k], false);
-        if (segments.empty() || segments.back().out != out) {
-          segments.push_back({out, static_cast<int32_t>(k), static_cast<int32_t>(k)});
-        }
-        segments.back().end = static_cast<int32_t>(k + 1);
-      }
+      for (int64_t k = 0; k < nnz; ++k) place(static_cast<int32_t>(k), k);
       return;
     }
-    count.assign(beta + 1, 0);
+    // By local column, stable (keeps the stored order within a column). A counting sort costs
+    // O(beta + nnz); a block of a hypersparse matrix with a handful of nonzeros would pay
+    // mostly for the beta counters, so up to sqrt(4 beta) nonzeros an insertion sort (O(nnz^2))
+    // produces the same order.
+    scratch.resize(nnz + beta + 1);
+    int32_t* order = scratch.data();
+    if (nnz * nnz <= 4 * beta) {
+      for (int64_t k = 0; k < nnz; ++k) {
+        const int out = local_out(local[e0 + k], true);
+        int64_t i = k;
+        for (; i > 0 && local_out(local[e0 + order[i - 1]], true) > out; --i) {
+          order[i] = order[i - 1];
+        }
+        order[i] = static_cast<int32_t>(k);
+      }
+      for (int64_t slot = 0; slot < nnz; ++slot) place(static_cast<int32_t>(slot), order[slot]);
+      return;
+    }
+    int32_t* count = order + nnz;
+    std::fill(count, count + beta + 1, 0);
     for (int64_t k = 0; k < nnz; ++k) ++count[local_out(local[e0 + k], true) + 1];
-    for (int64_t o = 0; o < beta; ++o) {
-      if (count[o + 1]) segments.push_back({static_cast<int32_t>(o), count[o], 0});
-      count[o + 1] += count[o];
-      if (!segments.empty() && segments.back().out == o) segments.back().end = count[o + 1];
-    }
-    for (int64_t k = 0; k < nnz; ++k) {  // stable: keeps the stored order within a column
-      int32_t slot = count[local_out(local[e0 + k], true)]++;
-      offsets[slot] = base + local_in(local[e0 + k], true) * stride;
-      values[slot] = to_f32(vals[e0 + k]);
-    }
+    for (int64_t o = 0; o < beta; ++o) count[o + 1] += count[o];
+    for (int64_t k = 0; k < nnz; ++k) order[count[local_out(local[e0 + k], true)]++] = k;
+    for (int64_t slot = 0; slot < nnz; ++slot) place(static_cast<int32_t>(slot), order[slot]);
   }
 };
 
@@ -206,7 +220,7 @@ std::vector<int64_t> balanced_split(const std::vector<int64_t>& cost_prefix, int
 
 std::vector<int64_t> spmm_slices(const SpmmProblem& p, const int32_t* block_ptr,
                                  int64_t num_slices) {
-  const int64_t tiles = num_tiles(p), w = tile_width(p.shape.block_size);
+  const int64_t tiles = num_tiles(p), w = tile_width(p);
   const int64_t lines = p.shape.num_lines();
   std::vector<int64_t> prefix(lines * tiles + 1, 0);
   for (int64_t line = 0; line < lines; ++line) {
@@ -223,7 +237,7 @@ std::vector<int64_t> spmm_slices(const SpmmProblem& p, const int32_t* block_ptr,
 // The stride between rows of the slabs that stage_slab returns: fixed for the whole call.
 template <typename T>
 int64_t slab_stride(const SpmmProblem& p) {
-  return std::is_same_v<T, float> && !p.batch_leading ? p.n : tile_width(p.shape.block_size);
+  return std::is_same_v<T, float> && !p.batch_leading ? p.n : tile_width(p);
 }
 
 // Items [item_begin, item_end) cover whole lines except perhaps the first and the last. They
@@ -234,17 +248,18 @@ void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local,
           const T* dense, T* out, int64_t item_begin, int64_t item_end) {
   if (item_begin >= item_end) return;
   const CsbShape& s = p.shape;
-  const int64_t beta = s.block_size, tw = tile_width(s.block_size), tiles = num_tiles(p);
+  const int64_t beta = s.block_size, tw = tile_width(p), tiles = num_tiles(p);
   const int64_t stride = slab_stride<T>(p);
   const int64_t first_line = item_begin / tiles, last_line = (item_end - 1) / tiles;
   std::vector<std::vector<GroupedBlock>> grouped(last_line - first_line + 1);
+  std::vector<int32_t> scratch;
   for (int64_t line = first_line; line <= last_line; ++line) {
     auto& blocks = grouped[line - first_line];  // the line's nonempty blocks only
     for (int64_t pos = 0; pos < s.line_length(); ++pos) {
       const int64_t b = s.block_at(line, pos);
       if (block_ptr[b] == block_ptr[b + 1]) continue;
       blocks.emplace_back().build(p, local, values, block_ptr[b], block_ptr[b + 1],
-                                  pos * beta * stride, stride);
+                                  pos * beta * stride, stride, scratch);
     }
   }
   std::vector<float> acc(beta * tw), slab;

@@ -139,6 +139,12 @@ inline ffi::ErrorOr<CsbShape> check_shape(int64_t rows, int64_t cols, int64_t bl
     return Fail(invalid("matrix shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
                         ") has a negative dimension"));
   }
+  // Coordinates are int32 in Python and on the GPU; the bound also keeps num_blocks() far from
+  // int64 overflow.
+  if (rows > INT32_MAX || cols > INT32_MAX) {
+    return Fail(invalid("matrix shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                        ") has a dimension above 2^31 - 1"));
+  }
   bool pow2 = block_size > 0 && (block_size & (block_size - 1)) == 0;
   if (!pow2 || block_size < 16 || block_size > 256) {
     return Fail(
