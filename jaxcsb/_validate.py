@@ -86,8 +86,10 @@ def _check_units(name, units, lines, length):
     if drops.size:
         i = int(drops[0])
         _fail(f"{name} must not decrease, got {name}[{i}] = {units[i]} > {units[i + 1]}")
+    boundary = np.zeros(end + 1, bool)
+    boundary[units] = True  # units lie in 0..end by now
     starts = np.arange(lines, dtype=np.int64) * length
-    missing = ~np.isin(starts, units)
+    missing = ~boundary[starts]
     if missing.any():
         line = int(np.flatnonzero(missing)[0])
         _fail(f"{name} must start a unit at every line start; line {line} (block {starts[line]})")
@@ -115,7 +117,10 @@ def check_contents(block_ptr, local, stored_shape, block_size, row_units=None, c
     # uint16 local index can leave a full block: check the cheap bound first.
     lrow, lcol = local >> 8, local & 0xFF
     if nnz and (rows % beta or cols % beta or int(max(lrow.max(), lcol.max())) >= beta):
-        block = np.repeat(np.arange(block_rows * block_cols, dtype=np.int64), counts)
+        if nnz >= counts.size:
+            block = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        else:  # far fewer nonzeros than blocks: search instead of walking every block
+            block = np.searchsorted(bp, np.arange(nnz), side="right") - 1
         height = np.minimum(beta, rows - block // block_cols * beta)
         width = np.minimum(beta, cols - block % block_cols * beta)
         bad = np.flatnonzero((lrow >= height) | (lcol >= width))
