@@ -271,14 +271,23 @@ void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local,
       if (item < item_begin || item >= item_end) continue;
       if (!tile) tile = stage_slab(p, dense, n0, width, tw, slab);
       const int64_t out_base = line * beta, out_rows = std::min(beta, s.out_dim() - out_base);
-      std::fill(acc.begin(), acc.begin() + out_rows * tw, 0.0f);
+      // Float32 row-major output accumulates in place; anything else goes through `acc`.
+      float* rows = acc.data();
+      int64_t row_stride = tw;
+      if constexpr (std::is_same_v<T, float>) {
+        if (!p.batch_leading) {
+          rows = out + out_base * p.n + n0;
+          row_stride = p.n;
+        }
+      }
+      for (int64_t o = 0; o < out_rows; ++o) std::fill_n(rows + o * row_stride, width, 0.0f);
       for (const GroupedBlock& block : grouped[line - first_line]) {
         for (const RowSegment& seg : block.segments) {
-          accumulate_row(acc.data() + seg.out * tw, tile, block.offsets.data() + seg.begin,
+          accumulate_row(rows + seg.out * row_stride, tile, block.offsets.data() + seg.begin,
                          block.values.data() + seg.begin, seg.end - seg.begin, width);
         }
       }
-      write_tile(p, acc.data(), out_base, out_rows, n0, width, tw, out);
+      if (rows == acc.data()) write_tile(p, acc.data(), out_base, out_rows, n0, width, tw, out);
     }
   }
 }
