@@ -7,7 +7,7 @@
 //      in place; other types and the batch-leading layout are converted/transposed into a
 //      staging buffer once per block, not once per nonzero),
 //   2. groups the block's nonzeros by output row (the stored order already does this for the
-//      forward direction; the transposed direction counting-sorts them by local column, O(nnz)
+//      forward direction; the transposed direction sorts them stably by local column, O(nnz)
 //      against O(nnz * width) arithmetic), and
 //   3. for each output row keeps a 64-wide slice of it in registers while all of the row's
 //      nonzeros add their scaled dense rows, so the accumulator is loaded and stored once per
