@@ -41,10 +41,12 @@ def host_array(x, name: str, where: str) -> np.ndarray:
     """``x`` as a numpy array, or TypeError naming ``name`` when it is traced: the sparsity
     structure is built on the host and its size depends on the values."""
     if isinstance(x, jax.core.Tracer):
+        aval = getattr(x, "aval", None)
+        traced = aval.str_short() if hasattr(aval, "str_short") else aval
         raise TypeError(
             f"{name} must be a concrete array: {where} builds the sparsity structure on the "
             f"host, and its size (nnz) depends on the values, but {name} is traced "
-            f"({x.aval.str_short()}) inside jit, vmap, grad or a similar transformation. Build "
+            f"({traced}) inside jit, vmap, grad or a similar transformation. Build "
             f"the CSB outside the transformation and pass it in; inside, keep the structure "
             f"and change the values with A.with_values(...)"
         )
