@@ -8,6 +8,7 @@ pure-JAX implementation, with a one-time warning.
 from __future__ import annotations
 
 import importlib
+import threading
 import warnings
 
 import jax
@@ -17,6 +18,7 @@ _MODULES = {"cpu": ("jaxcsb._cpu", "cpu"), "cuda": ("jaxcsb._cuda", "CUDA")}
 _registered: set[str] | None = None
 _import_errors: dict[str, str] = {}
 _warned: set[str] = set()
+_lock = threading.Lock()
 
 SPMM_TARGET = "jaxcsb_spmm"
 SDDMM_TARGET = "jaxcsb_sddmm"
@@ -26,16 +28,19 @@ def native_platforms() -> frozenset[str]:
     """The platforms (``"cpu"``, ``"cuda"``) whose FFI targets are registered."""
     global _registered
     if _registered is None:
-        _registered = set()
-        for platform, (module_name, xla_platform) in _MODULES.items():
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as e:
-                _import_errors[platform] = str(e)
-                continue
-            for name, capsule in module.registrations().items():
-                jax.ffi.register_ffi_target(name, capsule, platform=xla_platform)
-            _registered.add(platform)
+        with _lock:  # first calls from several threads register once
+            if _registered is None:
+                registered = set()
+                for platform, (module_name, xla_platform) in _MODULES.items():
+                    try:
+                        module = importlib.import_module(module_name)
+                    except ImportError as e:
+                        _import_errors[platform] = str(e)
+                        continue
+                    for name, capsule in module.registrations().items():
+                        jax.ffi.register_ffi_target(name, capsule, platform=xla_platform)
+                    registered.add(platform)
+                _registered = registered
     return frozenset(_registered)
 
 
