@@ -24,7 +24,7 @@ ffi::Future ready(ffi::Error error = ffi::Error::Success()) {
 }
 
 // One slice per thread: the cost estimate is close, and every slice stages its own slabs.
-int64_t slice_count(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
+int64_t slice_count(ffi::ThreadPool& pool) { return std::max<int64_t>(1, 4 * pool.num_threads()); }
 
 // Runs body(begin, end) for every slice [bounds[i], bounds[i + 1]) on the thread pool.
 template <typename Body>
