@@ -62,6 +62,9 @@ if has pytest; then
   # machine); each process allocates GPU memory on demand.
   XDIST=()
   $PY -c 'import xdist' 2>/dev/null && XDIST=(-n "${PYTEST_WORKERS:-4}")
+  # The larger property-test budget; the DLMC sample when it was carried along as data/dlmc.
+  export JAXCSB_HYPOTHESIS_PROFILE=${JAXCSB_HYPOTHESIS_PROFILE:-gpu}
+  [ -z "${JAXCSB_DLMC_DIR:-}" ] && [ -d data/dlmc ] && export JAXCSB_DLMC_DIR=$PWD/data/dlmc
   step pytest pytest.log env JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false \
     timeout "${PYTEST_TIMEOUT:-420}" $PY -m pytest python_tests -q -p no:cacheprovider "${XDIST[@]}"
   note "           $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)"
