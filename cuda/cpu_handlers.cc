@@ -23,7 +23,8 @@ ffi::Future ready(ffi::Error error = ffi::Error::Success()) {
   return future;
 }
 
-// One slice per thread: the cost estimate is close, and every slice stages its own slabs.
+// Four slices per thread: a few lines (the transposed direction of a tall matrix has only
+// cols / block_size of them) still spread over the threads when one of them is delayed.
 int64_t slice_count(ffi::ThreadPool& pool) { return std::max<int64_t>(1, 4 * pool.num_threads()); }
 
 // Runs body(begin, end) for every slice [bounds[i], bounds[i + 1]) on the thread pool.
@@ -55,7 +56,13 @@ ffi::Future spmm_typed(ffi::ThreadPool& pool, const SpmmProblem& p, ffi::AnyBuff
   const auto* val = static_cast<const T*>(values.untyped_data());
   const auto* d = static_cast<const T*>(dense.untyped_data());
   auto* o = static_cast<T*>(out.untyped_data());
-  return run_slices(pool, spmm_slices(p, bp, slice_count(pool)), [=](int64_t begin, int64_t end) {
+  // Slices that stage slabs (converted or transposed operands) each stage every row of the
+  // operand once per tile, so they get one slice per thread; float32 row-major operands are
+  // read in place, and more slices even out the load.
+  const bool stages_slabs = p.batch_leading || !std::is_same_v<T, float>;
+  const int64_t slices =
+      stages_slabs ? std::max<int64_t>(1, pool.num_threads()) : slice_count(pool);
+  return run_slices(pool, spmm_slices(p, bp, slices), [=](int64_t begin, int64_t end) {
     spmm<T>(p, bp, loc, val, d, o, begin, end);
   });
 }
