@@ -8,6 +8,7 @@
 
 #include "cpu_kernels.h"
 #include "cpu_types.h"
+#include "ffi_bindings.h"
 
 namespace jaxcsb::cpu {
 namespace {
@@ -130,33 +131,7 @@ ffi::Future Sddmm(ffi::ThreadPool pool, ffi::AnyBuffer block_ptr, ffi::AnyBuffer
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kSpmm, Spmm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()  // block_ptr
-                                  .Arg<ffi::AnyBuffer>()  // local
-                                  .Arg<ffi::AnyBuffer>()  // values
-                                  .Arg<ffi::AnyBuffer>()  // units
-                                  .Arg<ffi::AnyBuffer>()  // dense
-                                  .Ret<ffi::AnyBuffer>()  // out
-                                  .Attr<int64_t>("rows")
-                                  .Attr<int64_t>("cols")
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<bool>("transpose")
-                                  .Attr<bool>("batch_leading"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kSddmm, Sddmm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::AnyBuffer>()  // block_ptr
-                                  .Arg<ffi::AnyBuffer>()  // local
-                                  .Arg<ffi::AnyBuffer>()  // lhs
-                                  .Arg<ffi::AnyBuffer>()  // rhs
-                                  .Ret<ffi::AnyBuffer>()  // values at the pattern
-                                  .Attr<int64_t>("rows")
-                                  .Attr<int64_t>("cols")
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<bool>("lhs_transposed")
-                                  .Attr<bool>("rhs_transposed"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kSpmm, Spmm, spmm_binding<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kSddmm, Sddmm, sddmm_binding<ffi::ThreadPool>());
 
 }  // namespace jaxcsb::cpu

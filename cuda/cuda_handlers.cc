@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cuda_kernels.h"
+#include "ffi_bindings.h"
 #include "ffi_checks.h"
 
 namespace jaxcsb::cuda {
@@ -97,33 +98,8 @@ ffi::Error Sddmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer l
 // Not declared command-buffer compatible: the first call on a device reads its properties and
 // raises the kernels' shared-memory limit, which CUDA refuses during stream capture
 // (cudaErrorStreamCaptureUnsupported inside jitted loops), so XLA must launch these directly.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSpmm, Spmm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()  // block_ptr
-                                  .Arg<ffi::AnyBuffer>()  // local
-                                  .Arg<ffi::AnyBuffer>()  // values
-                                  .Arg<ffi::AnyBuffer>()  // units
-                                  .Arg<ffi::AnyBuffer>()  // dense
-                                  .Ret<ffi::AnyBuffer>()  // out
-                                  .Attr<int64_t>("rows")
-                                  .Attr<int64_t>("cols")
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<bool>("transpose")
-                                  .Attr<bool>("batch_leading"));
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSpmm, Spmm, spmm_binding<ffi::PlatformStream<cudaStream_t>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSddmm, Sddmm,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()  // block_ptr
-                                  .Arg<ffi::AnyBuffer>()  // local
-                                  .Arg<ffi::AnyBuffer>()  // lhs
-                                  .Arg<ffi::AnyBuffer>()  // rhs
-                                  .Ret<ffi::AnyBuffer>()  // values at the pattern
-                                  .Attr<int64_t>("rows")
-                                  .Attr<int64_t>("cols")
-                                  .Attr<int64_t>("block_size")
-                                  .Attr<bool>("lhs_transposed")
-                                  .Attr<bool>("rhs_transposed"));
+                              sddmm_binding<ffi::PlatformStream<cudaStream_t>>());
 
 }  // namespace jaxcsb::cuda
