@@ -16,9 +16,11 @@
 // stored (row, col) order in the forward product, the column in the transposed one, so the
 // two directions run the same code and cost the same. The rank of a nonzero inside its output
 // row comes from a per-row bitmap of input indices (popc below its own bit), so the sorted
-// order is unique and does not depend on thread timing. Each warp then owns kRows output rows
-// and accumulates them in registers: per nonzero one broadcast read of (input index, value)
-// and one read of the staged D row, kVec FMAs per lane.
+// order is unique and does not depend on thread timing. A position that repeats inside a chunk
+// (allowed: repeats are summed) would share its rank; the bitmap update detects it and such a
+// chunk is ranked by a slower exact count, stable in storage order.
+// Each warp then owns kRows output rows and accumulates them in registers: per nonzero one
+// broadcast read of (input index, value) and one read of the staged D row, kVec FMAs per lane.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -160,7 +162,7 @@ __device__ __forceinline__ void stage_tile(const SpmmParams& p, T* tile, int64_t
 // lies outside a beta x beta block are dropped. Ends without a barrier.
 template <typename T, class Cfg, bool kTranspose>
 __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int count, int2* ent,
-                                           int* start, int* counts, uint32_t* mask) {
+                                           int* start, int* counts, uint32_t* mask, int* repeats) {
   constexpr int kBeta = Cfg::kBeta, kWords = Cfg::kMaskWords;
   const T* values = static_cast<const T*>(p.values);
   int key[Cfg::kPerThread], sub[Cfg::kPerThread];
@@ -184,12 +186,14 @@ __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int 
   }
   for (int i = threadIdx.x; i < kBeta; i += Cfg::kThreads) counts[i] = 0;
   for (int i = threadIdx.x; i < kBeta * kWords; i += Cfg::kThreads) mask[i] = 0;
+  if (threadIdx.x == 0) *repeats = 0;
   __syncthreads();
 #pragma unroll
   for (int j = 0; j < Cfg::kPerThread; ++j) {
     if (key[j] < kBeta) {
       atomicAdd(&counts[key[j]], 1);
-      atomicOr(&mask[key[j] * kWords + sub[j] / 32], 1u << (sub[j] % 32));
+      const uint32_t bit = 1u << (sub[j] % 32);
+      if (atomicOr(&mask[key[j] * kWords + sub[j] / 32], bit) & bit) atomicOr(repeats, 1);
     }
   }
   __syncthreads();
@@ -220,14 +224,42 @@ __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int 
     if (lane == 31) start[kBeta] = incl;
   }
   __syncthreads();
+  int rank[Cfg::kPerThread];
+  if (!*repeats) {
+#pragma unroll
+    for (int j = 0; j < Cfg::kPerThread; ++j) {
+      if (key[j] < kBeta) {
+        const uint32_t* m = mask + key[j] * kWords;
+        rank[j] = __popc(m[sub[j] / 32] & ((1u << (sub[j] % 32)) - 1u));
+        for (int w = 0; w < sub[j] / 32; ++w) rank[j] += __popc(m[w]);
+      }
+    }
+  } else {
+    // Exact stable rank: entries of the same output row before this one in (input index,
+    // storage index) order. The packed keys live in ent's memory until every rank is known.
+    int* packed = reinterpret_cast<int*>(ent);
+#pragma unroll
+    for (int j = 0; j < Cfg::kPerThread; ++j) {
+      const int i = threadIdx.x + j * Cfg::kThreads;
+      if (i < count) packed[i] = key[j] < kBeta ? key[j] << 8 | sub[j] : -1;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < Cfg::kPerThread; ++j) rank[j] = 0;
+    for (int i = 0; i < count; ++i) {
+      const int other = packed[i];
+#pragma unroll
+      for (int j = 0; j < Cfg::kPerThread; ++j) {
+        const int mine = key[j] << 8 | sub[j];
+        const int self = threadIdx.x + j * Cfg::kThreads;
+        rank[j] += other >> 8 == key[j] && (other < mine || (other == mine && i < self));
+      }
+    }
+    __syncthreads();
+  }
 #pragma unroll
   for (int j = 0; j < Cfg::kPerThread; ++j) {
-    if (key[j] < kBeta) {
-      const uint32_t* m = mask + key[j] * kWords;
-      int rank = __popc(m[sub[j] / 32] & ((1u << (sub[j] % 32)) - 1u));
-      for (int w = 0; w < sub[j] / 32; ++w) rank += __popc(m[w]);
-      ent[start[key[j]] + rank] = make_int2(sub[j], __float_as_int(val[j]));
-    }
+    if (key[j] < kBeta) ent[start[key[j]] + rank[j]] = make_int2(sub[j], __float_as_int(val[j]));
   }
 }
 
@@ -260,7 +292,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
   int* start = reinterpret_cast<int*>(smem + L::kStartOffset);
   int* counts = reinterpret_cast<int*>(smem + L::kCountOffset);
   uint32_t* mask = reinterpret_cast<uint32_t*>(smem + L::kMaskOffset);
-  int* range = reinterpret_cast<int*>(smem + L::kRangeOffset);
+  int* range = reinterpret_cast<int*>(smem + L::kRangeOffset);  // [begin, end) of positions
+  int* repeats = range + 2;  // whether the chunk being sorted repeats a position
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int csize = p.cluster;
@@ -315,7 +348,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
       for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
         if (k0 != e0) __syncthreads();
         const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
-        sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask);
+        sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask, repeats);
         cp_async_wait_all();
         __syncthreads();
 #pragma unroll
