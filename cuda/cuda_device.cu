@@ -24,8 +24,13 @@ cudaError_t query(int device, DeviceInfo* info) {
   info->device = device;
   cudaError_t err = cudaDeviceGetAttribute(&info->num_sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  return cudaDeviceGetAttribute(&info->max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-                                device);
+  err = cudaDeviceGetAttribute(&info->max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                               device);
+  if (err != cudaSuccess) return err;
+  int cluster_launch = 0;
+  err = cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device);
+  info->cluster_launch = cluster_launch != 0;
+  return err;
 }
 
 }  // namespace

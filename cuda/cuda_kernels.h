@@ -54,7 +54,8 @@ struct SddmmArgs {
 struct DeviceInfo {
   int device = 0;
   int num_sms = 0;
-  int max_smem_optin = 0;  // bytes of dynamic shared memory a block may opt in to
+  int max_smem_optin = 0;       // bytes of dynamic shared memory a block may opt in to
+  bool cluster_launch = false;  // thread-block clusters can be launched (sm_90 and later)
 };
 
 // Returns the properties of the device that owns `stream`, cached per device (thread-safe).

@@ -453,10 +453,11 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   // thread blocks per multiprocessor), and never into more pieces than a line has positions.
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
   int csize = options.cluster;
+  if (csize > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
   if (csize <= 0) {
     csize = 1;
-    while (csize < 8 && p.num_lines * tiles_y * csize < 2 * int64_t{dev.num_sms} &&
-           csize * 2 <= p.line_length) {
+    while (dev.cluster_launch && csize < 8 &&
+           p.num_lines * tiles_y * csize < 2 * int64_t{dev.num_sms} && csize * 2 <= p.line_length) {
       csize *= 2;
     }
   }

@@ -410,6 +410,7 @@ def test_multidevice_cases_in_a_subprocess(tmp_path):
         timeout=900,
     )
     out = proc.stdout + proc.stderr
-    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    # pytest's summary is the last line of stdout (plugins may warn on stderr after it).
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0, f"multi-device cases failed:\n{out[-12000:]}"
     assert "passed" in summary and "skipped" not in summary, out[-6000:]

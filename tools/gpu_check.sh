@@ -7,7 +7,7 @@
 # Steps (GPU_CHECK_STEPS selects a subset, default all of them):
 #   build     JAXCSB_CUDA=ON pip install --no-build-isolation . (log: build.log), then the
 #             standalone kernel program tools/kernel_check.cu linked to the built kernels
-#   pytest    JAX_PLATFORMS=cuda python -m pytest python_tests (log: pytest.log), on
+#   pytest    JAX_PLATFORMS=cuda python -P -m pytest python_tests (log: pytest.log), on
 #             PYTEST_WORKERS (default 4) processes when pytest-xdist is installed
 #   check     kernel_check check: every kernel variant against a float64 reference (check.log)
 #   sanitize  compute-sanitizer memcheck, racecheck, initcheck, synccheck over the small check
@@ -65,8 +65,12 @@ if has pytest; then
   # The larger property-test budget; the DLMC sample when it was carried along as data/dlmc.
   export JAXCSB_HYPOTHESIS_PROFILE=${JAXCSB_HYPOTHESIS_PROFILE:-gpu}
   [ -z "${JAXCSB_DLMC_DIR:-}" ] && [ -d data/dlmc ] && export JAXCSB_DLMC_DIR=$PWD/data/dlmc
+  # -P: the source tree must not shadow the installed package (it has no native modules).
   step pytest pytest.log env JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    timeout "${PYTEST_TIMEOUT:-420}" $PY -m pytest python_tests -q -p no:cacheprovider "${XDIST[@]}"
+    timeout "${PYTEST_TIMEOUT:-420}" $PY -P -m pytest python_tests -q -p no:cacheprovider \
+    "${XDIST[@]}"
+  # The suite must have found the CUDA module: a fallback run tests nothing of it.
+  grep -q "built without CUDA support" "$OUT/pytest.log" && note "pytest     FAIL: jaxcsb._cuda was not imported"
   note "           $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)"
 fi
 

@@ -200,24 +200,36 @@ double rel_error(const std::vector<float>& got, const std::vector<double>& ref) 
 
 int failures = 0, cases = 0;
 
-void report(const std::string& name, double err, double tol, bool deterministic) {
+// Records one case; a launch error fails it with the error's name (and the run goes on).
+void report(const std::string& name, double err, double tol, bool deterministic,
+            cudaError_t launch_error) {
   ++cases;
-  const bool ok = err <= tol && deterministic;
+  const bool ok = launch_error == cudaSuccess && err <= tol && deterministic;
   if (!ok) ++failures;
   if (!ok || std::getenv("KERNEL_CHECK_VERBOSE")) {
-    std::printf("%s %-70s err=%.3g%s\n", ok ? "ok  " : "FAIL", name.c_str(), err,
-                deterministic ? "" : " NOT DETERMINISTIC");
+    if (launch_error != cudaSuccess) {
+      std::printf("FAIL %-70s launch: %s\n", name.c_str(), cudaGetErrorString(launch_error));
+    } else {
+      std::printf("%s %-70s err=%.3g%s\n", ok ? "ok  " : "FAIL", name.c_str(), err,
+                  deterministic ? "" : " NOT DETERMINISTIC");
+    }
   }
 }
 
 // Runs `launch` twice into a poisoned output and returns the first result's bytes; sets
-// *same when both runs agree bitwise.
+// *same when both runs agree bitwise and *launch_error to the launch's error, if any.
 template <typename F>
-std::vector<uint8_t> run_twice(void* out, size_t bytes, F launch, bool* same) {
+std::vector<uint8_t> run_twice(void* out, size_t bytes, F launch, bool* same,
+                               cudaError_t* launch_error) {
   std::vector<uint8_t> a(bytes), b(bytes);
+  *same = false;
   for (int rep = 0; rep < 2; ++rep) {
     CHECK_CUDA(cudaMemset(out, 0xff, std::max<size_t>(bytes, 1)));
-    CHECK_CUDA(launch());
+    *launch_error = launch();
+    if (*launch_error != cudaSuccess) {
+      cudaGetLastError();  // clear it: the next case starts clean
+      return a;
+    }
     CHECK_CUDA(cudaDeviceSynchronize());
     if (bytes)
       CHECK_CUDA(cudaMemcpy(rep ? b.data() : a.data(), out, bytes, cudaMemcpyDeviceToHost));
@@ -262,14 +274,16 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   SpmmOptions opt;
   opt.cluster = cluster;
   bool same = false;
-  auto bytes = run_twice(dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, &same);
+  cudaError_t launch_error = cudaSuccess;
+  auto bytes = run_twice(
+      dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref);
   char name[256];
   std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d",
                 dtype_name(t), long(m.shape.rows), long(m.shape.cols), m.shape.block_size,
                 m.values.size(), long(n), transpose ? "T" : "N", batch_leading ? "batch" : "feat",
                 cluster);
-  report(name, err, tolerance(t), same);
+  report(name, err, tolerance(t), same, launch_error);
   cudaFree(dd);
   cudaFree(dout);
 }
@@ -307,13 +321,15 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
   a.rhs = dr;
   a.out = dout;
   bool same = false;
-  auto bytes = run_twice(dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, &same);
+  cudaError_t launch_error = cudaSuccess;
+  auto bytes = run_twice(
+      dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref);
   char name[256];
   std::snprintf(name, sizeof name, "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d",
                 dtype_name(t), long(rows), long(cols), m.shape.block_size, m.values.size(), long(n),
                 lt, rt);
-  report(name, err, tolerance(t), same);
+  report(name, err, tolerance(t), same, launch_error);
   cudaFree(dl);
   cudaFree(dr);
   cudaFree(dout);
@@ -346,6 +362,7 @@ int run_check(int level, const DeviceInfo& dev) {
             for (int bl = 0; bl < 2; ++bl) {
               for (int cluster : {0, 1, 2, 8}) {
                 if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
+                if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
                 check_spmm(m, t, n, tr, bl, cluster, rng, dev);
               }
             }
@@ -490,6 +507,8 @@ int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "check";
   DeviceInfo dev;
   CHECK_CUDA(device_info(nullptr, &dev));
+  std::printf("device %d: %d SMs, %d bytes of shared memory per block, cluster launch %s\n",
+              dev.device, dev.num_sms, dev.max_smem_optin, dev.cluster_launch ? "yes" : "no");
   if (mode == "check") {
     const std::string level = argc > 2 ? argv[2] : "";
     return run_check(level == "tiny" ? 2 : level == "quick" ? 1 : 0, dev);
