@@ -134,9 +134,11 @@ cudaError_t launch(const SddmmArgs& a, cudaStream_t stream) {
   // many as a full beta x beta block has. Thread blocks past a block's last chunk exit at once.
   const int64_t grid_x = std::min<int64_t>(p.num_blocks, INT32_MAX);
   const int grid_y = (Cfg::kBeta * Cfg::kBeta + Cfg::kChunk - 1) / Cfg::kChunk;
-  const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), 1);
-  sddmm_kernel<T, Cfg><<<grid, Cfg::kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), 1);
+  config.blockDim = dim3(Cfg::kThreads, 1, 1);
+  config.stream = stream;
+  return launch_kernel(config, sddmm_kernel<T, Cfg>, p);
 }
 
 }  // namespace
@@ -147,8 +149,7 @@ cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStrea
   if (args.n == 0 || args.shape.num_blocks() == 0) {
     // An empty sum: zeros (all-zero bits in every supported type).
     const int64_t bytes = args.nnz * (args.dtype == DType::kF32 ? 4 : 2);
-    cudaError_t err = cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
   }
   return dispatch_dtype(args.dtype, [&](auto tag) {
     using T = decltype(tag);

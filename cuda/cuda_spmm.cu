@@ -16,8 +16,7 @@ cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_
   if (args.nnz == 0 || args.shape.in_dim() == 0) {
     // Nothing to add: the product is zero (all-zero bits in every supported type).
     const int64_t bytes = out_count * (args.dtype == DType::kF32 ? 4 : 2);
-    cudaError_t err = cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
   }
   return dispatch_dtype(args.dtype, [&](auto tag) {
     return launch_spmm_typed<decltype(tag)>(args, dev, stream, options);

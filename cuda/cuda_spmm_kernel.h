@@ -412,13 +412,15 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
 
 // Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB,
 // once per device: later launches (possibly inside a CUDA-graph capture) make no such call.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, int device, size_t smem) {
+// The kernel is a template argument so that every kernel has its own record (their function
+// pointer types are all the same).
+template <auto kKernel>
+cudaError_t allow_smem(int device, size_t smem) {
   if (smem <= 48 * 1024) return cudaSuccess;
-  static std::atomic<bool> done[64];  // one set per kernel instantiation
+  static std::atomic<bool> done[64];
   const bool cached = device >= 0 && device < 64;
   if (cached && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
   return err;
@@ -467,7 +469,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
 
   const size_t smem = L::kBytes;
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = allow_smem(kernel, dev.device, smem);
+  cudaError_t err = allow_smem<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(dev.device, smem);
   if (err != cudaSuccess) return err;
 
   cudaLaunchConfig_t config{};
@@ -483,9 +485,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   attr[0].val.clusterDim.z = 1;
   config.attrs = attr;
   config.numAttrs = csize > 1 ? 1 : 0;
-  err = cudaLaunchKernelEx(&config, kernel, p);
-  if (err != cudaSuccess) return err;
-  return cudaGetLastError();
+  return launch_kernel(config, kernel, p);
 }
 
 template <typename T, class Cfg>

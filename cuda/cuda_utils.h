@@ -8,10 +8,22 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "cuda_kernels.h"
 
 namespace jaxcsb::cuda {
+
+// Launches `kernel` with `config` and returns the launch's own error. A failed launch also
+// sets CUDA's per-thread last error, which is cleared here: it is reported by this call, and a
+// later call that checks cudaGetLastError must not see it as its own.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(const cudaLaunchConfig_t& config, void (*kernel)(Params...),
+                          Args&&... args) {
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (err != cudaSuccess) cudaGetLastError();
+  return err;
+}
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 
 #include "csb_format.h"
@@ -46,13 +45,17 @@ struct SddmmProblem {
 
 namespace detail {
 
-inline std::string dims_string(ffi::AnyBuffer::Dimensions dims) {
-  std::ostringstream s;
-  s << "(";
-  for (size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
-  s << (dims.size() == 1 ? ",)" : ")");
-  return s.str();
+// "(a, b)" or "(a,)" like a numpy shape. Plain string appends: these messages are built inside
+// XLA's execution of a call, where iostreams have been seen to crash the CUDA module.
+template <typename Dims>
+std::string shape_string(const Dims& dims) {
+  std::string s = "(";
+  size_t i = 0;
+  for (int64_t d : dims) s += (i++ ? ", " : "") + std::to_string(d);
+  return s + (i == 1 ? ",)" : ")");
 }
+
+inline std::string dims_string(ffi::AnyBuffer::Dimensions dims) { return shape_string(dims); }
 
 // The numpy name of an element type, for messages.
 inline std::string type_name(ffi::DataType type) {
@@ -103,12 +106,8 @@ inline ffi::Error check_dims(const char* name, ffi::AnyBuffer buf,
   size_t i = 0;
   for (int64_t w : want) ok = ok && i < dims.size() && dims[i++] == w;
   if (ok) return ffi::Error::Success();
-  std::ostringstream s;
-  s << name << " has shape " << dims_string(dims) << ", expected (";
-  i = 0;
-  for (int64_t w : want) s << (i++ ? ", " : "") << w;
-  s << (want.size() == 1 ? ",)" : ")");
-  return invalid(s.str());
+  return invalid(std::string(name) + " has shape " + dims_string(dims) + ", expected " +
+                 shape_string(want));
 }
 
 inline ffi::Error check_type(const char* name, ffi::AnyBuffer buf, ffi::DataType want,
