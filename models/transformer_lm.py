@@ -140,13 +140,21 @@ class Variant:
     dtype: str  # "float32" or "bfloat16"
     sparsity: float = 0.0
     precision: str | None = None
+    block_size: int | None = None  # CSB block size of the sparse layers (None: from the density)
 
     def linear(self, d_in, d_out, rngs):
         dtype = jnp.dtype(self.dtype)
         if self.kind == "dense":
             return nnx.Linear(d_in, d_out, dtype=dtype, precision=self.precision, rngs=rngs)
         if self.kind == "sparse":
-            return SparseLinear(d_in, d_out, sparsity=self.sparsity, dtype=dtype, rngs=rngs)
+            return SparseLinear(
+                d_in,
+                d_out,
+                sparsity=self.sparsity,
+                block_size=self.block_size,
+                dtype=dtype,
+                rngs=rngs,
+            )
         from bcoo_linear import BCOOLinear
 
         return BCOOLinear(d_in, d_out, sparsity=self.sparsity, dtype=dtype, rngs=rngs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -85,3 +87,32 @@ def test_transformer_lm_script(models_on_path, tmp_path):
     # The q, k, v, o, up and down kernels at 90%: well under 0.3 of the dense bytes.
     assert targets["sparse90_bytes_vs_dense"] < 0.5
     assert plot.stat().st_size > 0
+
+
+def test_transformer_scaling_script_on_two_host_devices(models_on_path, tmp_path):
+    """The scaling script in a process with two CPU devices (the flag must be set before JAX
+    starts): every set-up's first loss matches one device's (the script checks it), and the
+    JSON lists the three set-ups."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=2"])
+    env["JAX_PLATFORMS"] = "cpu"
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(MODELS / "transformer_scaling.py"),
+            *"--block-size 16 --timing-rounds 1 --timing-repeats 2 --json".split(),
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["setup"] for r in results] == ["1 device", "data parallel", "model parallel"]
+    assert [r["devices"] for r in results] == [1, 2, 2]
+    assert all(r["tokens_per_s"] > 0 for r in results)

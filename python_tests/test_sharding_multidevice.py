@@ -1,9 +1,11 @@
-"""jaxcsb.sharding on four devices: data and model parallel products and training steps
+"""jaxcsb.sharding on several devices: data and model parallel products and training steps
 against one device, the collectives in their compiled HLO, and the native handlers called from
-four device threads at once.
+one thread per device at once.
 
-Needs four devices, e.g. ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` set before JAX
-starts; ``test_sharding.py::test_multidevice_cases_in_a_subprocess`` runs this file that way.
+Runs on four devices when there are four or more (the CPU, with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` set before JAX starts:
+``test_sharding.py::test_multidevice_cases_in_a_subprocess`` runs this file that way), else on
+two (two GPUs).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcsb import sharding as jcs
 
-if jax.device_count() < 4:
+if jax.device_count() < 2:
     pytest.skip(
-        "needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4); "
+        "needs 2 or more devices (XLA_FLAGS=--xla_force_host_platform_device_count=4 on the CPU); "
         "test_sharding.py::test_multidevice_cases_in_a_subprocess runs this file that way",
         allow_module_level=True,
     )
+
+# Devices every mesh spans.
+D = 4 if jax.device_count() >= 4 else 2
 
 AXIS_TYPES = {
     "auto": jax.sharding.AxisType.Auto,
@@ -76,9 +81,9 @@ def _dp_loss(values, bias, A, x, t):
 @pytest.mark.parametrize("kind", ["explicit"])
 def test_data_parallel_step_in_shard_map_matches_one_device(kind):
     """The whole step in one shard_map: each device differentiates its slice and the weights'
-    gradients are averaged once (a double sum would be 4x off, a missing one 1/4)."""
+    gradients are averaged once (a double sum would be D times off, a missing one 1/D)."""
     A, x, t, bias = _dp_problem(seed_of("dp-shard-map"))
-    mesh = _mesh((4,), ("data",), kind)
+    mesh = _mesh((D,), ("data",), kind)
     step = jax.jit(
         jcs.data_parallel_value_and_grad(
             _dp_loss, mesh=mesh, batch_axis="data", argnums=(0, 1, 3), batch_argnums=(3, 4)
@@ -102,7 +107,7 @@ def test_data_parallel_under_jit_matches_one_device(kind):
     """jax.jit with a sharded batch and replicated weights; matmul keeps the product per
     device, and the gradient of the replicated values is summed by autodiff."""
     A, x, t, bias = _dp_problem(seed_of("dp-jit"))
-    mesh = _mesh((4,), ("data",), kind)
+    mesh = _mesh((D,), ("data",), kind)
 
     def loss(values, bias, A, x, t):
         y = jnp.tanh(jcs.matmul(x, A.with_values(values), mesh=mesh, batch_axis="data") + bias)
@@ -130,7 +135,7 @@ def test_data_parallel_steps_communicate_only_the_gradient_sum():
     multiplies its own slice. Plain jit of x @ A all-gathers the batch (XLA cannot split a
     custom call), which shows the check can fail."""
     A, x, t, bias = _dp_problem(seed_of("dp-hlo"))
-    mesh = _mesh((4,), ("data",))
+    mesh = _mesh((D,), ("data",))
     Ar = _put(A, mesh, P())
     xs, ts = _put(x, mesh, P("data")), _put(t, mesh, P("data"))
 
@@ -153,8 +158,9 @@ def test_data_parallel_steps_communicate_only_the_gradient_sum():
 
 # --- model parallel --------------------------------------------------------------------------
 
-# (shape, block_size): split over 4 devices, the first unevenly (padded shard layout on both
-# axes: 72 rows -> 16, 16, 16, 24; 40 columns -> 0, 16, 16, 8), the second evenly.
+# (shape, block_size): split over D devices, the first unevenly (padded shard layout on both
+# axes; over 4 devices 72 rows -> 16, 16, 16, 24 and 40 columns -> 0, 16, 16, 8), the second
+# evenly.
 MATRICES = {"uneven": ((72, 40), 16), "even": ((64, 128), 16)}
 
 
@@ -162,7 +168,7 @@ def _model_problem(name, split, side):
     shape, beta = MATRICES[name]
     seed = seed_of("mp", name, split, side)
     A, dense = random_csb(shape, 0.3, np.float32, seed, block_size=beta, dense_rows=2)
-    S = (jcs.shard_rows if split == "rows" else jcs.shard_cols)(A, 4, warn_above=None)
+    S = (jcs.shard_rows if split == "rows" else jcs.shard_cols)(A, D, warn_above=None)
     rng = np.random.default_rng(seed + 1)
     if side == "A@b":
         d = rng.standard_normal((shape[1], 6)).astype(np.float32)
@@ -184,7 +190,7 @@ def _model_problem(name, split, side):
 )
 def test_model_parallel_products_and_gradients_match_one_device(split, side, name):
     A, dense, S, d = _model_problem(name, split, side)
-    mesh = _mesh((4,), ("model",))
+    mesh = _mesh((D,), ("model",))
     left = side == "A@b"
     axis = 0 if left else -1  # the feature axis of the dense operand and of the output
     contracted = (split == "cols") if left else (split == "rows")
@@ -229,9 +235,9 @@ def test_model_parallel_forward_communicates_only_where_the_split_requires():
     gathered."""
     shape, beta = MATRICES["uneven"]
     A, _ = random_csb(shape, 0.3, np.float32, seed_of("mp-hlo"), block_size=beta)
-    mesh = _mesh((4,), ("model",))
-    rows = _put(jcs.shard_rows(A, 4, warn_above=None), mesh, P("model"))
-    cols = _put(jcs.shard_cols(A, 4, warn_above=None), mesh, P("model"))
+    mesh = _mesh((D,), ("model",))
+    rows = _put(jcs.shard_rows(A, D, warn_above=None), mesh, P("model"))
+    cols = _put(jcs.shard_cols(A, D, warn_above=None), mesh, P("model"))
     b_full = _put(np.ones((shape[1], 8), np.float32), mesh, P())
     x_full = _put(np.ones((8, shape[0]), np.float32), mesh, P())
     b_split = _put(np.ones((cols.padded_shape[1], 8), np.float32), mesh, P("model"))
@@ -261,9 +267,9 @@ def test_two_layers_pass_activations_in_the_shard_layout():
     seed = seed_of("mlp")
     W1, d1 = random_csb((24, 72), 0.3, np.float32, seed, block_size=16)
     W2, d2 = random_csb((72, 20), 0.3, np.float32, seed + 1, block_size=16)
-    mesh = _mesh((4,), ("model",))
-    S1 = jcs.shard_cols(W1, 4, warn_above=None)
-    S2 = jcs.shard_rows(W2, 4, bounds=S1.bounds, warn_above=None)
+    mesh = _mesh((D,), ("model",))
+    S1 = jcs.shard_cols(W1, D, warn_above=None)
+    S2 = jcs.shard_rows(W2, D, bounds=S1.bounds, warn_above=None)
     assert S1.is_padded and S2.shard_size == S1.shard_size
     S1, S2 = _put(S1, mesh, P("model")), _put(S2, mesh, P("model"))
     x = np.random.default_rng(seed + 2).standard_normal((6, 24)).astype(np.float32)
@@ -277,6 +283,7 @@ def test_two_layers_pass_activations_in_the_shard_layout():
     assert _kinds(_hlo(mlp, S1, S2, xr)) == {"all-reduce": 1}
 
 
+@pytest.mark.skipif(D < 4, reason="a 2 x 2 mesh needs 4 devices")
 def test_data_and_model_parallel_on_a_2x2_mesh():
     """Batch split over "data", output features over "model": the values' gradient is summed
     over "data" only (each "model" device owns its shard's values)."""
@@ -311,12 +318,12 @@ def test_data_and_model_parallel_on_a_2x2_mesh():
 
 
 @pytest.mark.skipif(not native_here(), reason="the native CPU target is not built")
-def test_native_handlers_run_concurrently_on_four_devices():
-    """XLA runs one thread per device, so four native SpMM/SDDMM calls run at once. Repeated
-    sharded steps must give bitwise the same results as each other and as the same per-device
-    problems run one at a time on one device."""
+def test_native_handlers_run_concurrently_on_every_device():
+    """XLA runs one thread per device, so one native SpMM/SDDMM call per device runs at once.
+    Repeated sharded steps must give bitwise the same results as each other and as the same
+    per-device problems run one at a time on one device."""
     A, _ = random_csb((384, 320), 0.1, np.float32, seed_of("threads"), block_size=32)
-    mesh = _mesh((4,), ("data",))
+    mesh = _mesh((D,), ("data",))
     x = np.random.default_rng(seed_of("threads-x")).standard_normal((256, 384))
     x = x.astype(np.float32)
     Ar, xs = _put(A, mesh, P()), _put(x, mesh, P("data"))
@@ -340,8 +347,9 @@ def test_native_handlers_run_concurrently_on_four_devices():
     # bit; the summed gradients equal one device's up to summation order.
     y, (g_values, g_x) = first
     one = jax.jit(lambda v, A, x: x @ A.with_values(v))
-    for i in range(4):
-        rows = slice(64 * i, 64 * (i + 1))
+    per_device = x.shape[0] // D
+    for i in range(D):
+        rows = slice(per_device * i, per_device * (i + 1))
         assert np.array_equal(y[rows], np.asarray(one(A.values, A, x[rows]))), f"device {i}"
     single = jax.jit(
         jax.grad(lambda v, A, x: jnp.sum(jnp.tanh(x @ A.with_values(v)) ** 2), argnums=(0, 2))
@@ -393,13 +401,13 @@ def _layers(seed):
 
 def test_sharded_sparse_linear_pair_trains_like_the_unsplit_layers():
     """Layer 1 split by output features, layer 2 by input features with its bounds (uneven:
-    72 features in 5 blocks over 4 devices). Three Adam steps under nnx.jit give the unsplit
+    72 features in 5 blocks over D devices). Three Adam steps under nnx.jit give the unsplit
     model's losses and weights; the forward pass has one collective, the final all-reduce."""
     nnx = pytest.importorskip("flax.nnx")
     optax = pytest.importorskip("optax")
     from jaxcsb.sharding.nnx import ShardedSparseLinear
 
-    mesh = _mesh((4,), ("model",))
+    mesh = _mesh((D,), ("model",))
     first, second = _layers(seed_of("nnx-pair"))
     split1 = ShardedSparseLinear(first, mesh=mesh, model_axis="model", split="out", warn_above=None)
     split2 = ShardedSparseLinear(
@@ -437,7 +445,7 @@ def test_nnx_data_parallel_value_and_grad_matches_one_device():
     nnx = pytest.importorskip("flax.nnx")
     from jaxcsb.sharding.nnx import data_parallel_value_and_grad
 
-    mesh = _mesh((4,), ("data",))
+    mesh = _mesh((D,), ("data",))
     model = _Mlp.build(*_layers(seed_of("nnx-dp")))
     rng = np.random.default_rng(seed_of("nnx-dp-x"))
     x = jnp.asarray(rng.standard_normal((8, 24)), jnp.float32)
@@ -459,7 +467,7 @@ def test_csb_matmul_inside_a_vma_checked_shard_map():
     """With the check on, the gradient of the replicated values taken inside shard_map is
     summed over the devices by JAX itself (the transpose of the implicit broadcast)."""
     A, x, t, bias = _dp_problem(seed_of("vma"))
-    mesh = _mesh((4,), ("data",))
+    mesh = _mesh((D,), ("data",))
 
     def local_grad(values, A, x):
         return jax.grad(lambda v: jnp.sum(jnp.tanh(x @ A.with_values(v)) ** 2))(values)
