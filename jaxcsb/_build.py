@@ -36,7 +36,15 @@ def check_shape(shape) -> tuple[int, int]:
     return rows, cols
 
 
-def default_block_size(shape: tuple[int, int], nnz: int) -> int:
+# Largest default block size per platform. On a GPU a thread block works on one line of
+# blocks (and SDDMM on one block), so larger blocks mean fewer, longer work items: on an H100
+# beta 256 ran SpMM twice as slow as 64 or 128, beta 128 ran SDDMM 3x slower than 64, and a
+# 512-row matrix at beta 256 fills 64 thread blocks of a 132-SM GPU. The CPU kernels gain
+# from every doubling up to 256 (fewer, longer rows of work per block).
+MAX_DEFAULT_BLOCK_SIZE = {"gpu": 64}
+
+
+def default_block_size(shape: tuple[int, int], nnz: int, platform: str | None = None) -> int:
     """The block size used when none is given.
 
     The smallest power of two from 16 to 256 at which a block holds, on average, at least 8
@@ -44,15 +52,19 @@ def default_block_size(shape: tuple[int, int], nnz: int) -> int:
     stages for a block is then reused by about 8 nonzeros, and the kernels' per-row work (one
     load and store of an output row's slice of accumulators) is shared by 8 multiply-adds.
     Measured at 90% sparsity (2048 x 512, n = 256, CPU): 32 -> 14, 64 -> 21, 128 -> 25 and
-    256 -> 27 GFLOP/s on one core; on an H100 (4096 x 1024, n = 4096) 64 and 128 were within
-    5% of each other for A @ B and 128 was faster for A.T @ B and x @ A, 256 twice as slow.
-    Examples: 50% sparsity -> 16, 80% -> 64, 90% -> 128, 95% and sparser -> 256. Never larger
-    than the matrix's larger dimension rounded up to a power of two (a 40 x 40 matrix gets 64
-    at most).
+    256 -> 27 GFLOP/s on one core. Examples: 50% sparsity -> 16, 80% -> 64, 90% -> 128, 95%
+    and sparser -> 256. Never larger than the matrix's larger dimension rounded up to a power
+    of two (a 40 x 40 matrix gets 64 at most), nor than 64 when ``platform`` (by default
+    ``jax.default_backend()``, where the matrix will run) is "gpu".
     """
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
     rows, cols = shape
     density = nnz / max(1, rows * cols)
     cap = max(16, 1 << max(0, math.ceil(math.log2(max(rows, cols, 1)))))
+    cap = min(cap, MAX_DEFAULT_BLOCK_SIZE.get(platform, BLOCK_SIZES[-1]))
     for beta in BLOCK_SIZES:
         if density * beta >= 8 or beta >= cap:
             return beta

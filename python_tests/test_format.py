@@ -3,6 +3,7 @@ size and the precomputed work units."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from helpers import BLOCK_SIZES, random_dense, random_mask, seed_of
@@ -40,13 +41,18 @@ def test_layout_invariants(block_size):
 
 
 @pytest.mark.parametrize(
-    "sparsity, expected", [(0.5, 16), (0.8, 64), (0.9, 128), (0.95, 256), (0.98, 256)]
+    "sparsity, on_cpu, on_gpu",
+    [(0.5, 16, 16), (0.8, 64, 64), (0.9, 128, 64), (0.95, 256, 64), (0.98, 256, 64)],
 )
-def test_default_block_size_examples(sparsity, expected):
-    """The documented heuristic: density * beta >= 8 at the smallest such beta."""
+def test_default_block_size_examples(sparsity, on_cpu, on_gpu):
+    """The documented heuristic: density * beta >= 8 at the smallest such beta, at most 64
+    for a GPU."""
     shape = (1024, 1024)
     nnz = int(round((1 - sparsity) * shape[0] * shape[1]))
-    assert default_block_size(shape, nnz) == expected
+    assert default_block_size(shape, nnz, "cpu") == on_cpu
+    assert default_block_size(shape, nnz, "gpu") == on_gpu
+    here = on_gpu if jax.default_backend() == "gpu" else on_cpu
+    assert default_block_size(shape, nnz) == here
 
 
 def test_default_block_size_is_capped_by_the_matrix_size():
