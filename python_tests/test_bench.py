@@ -103,3 +103,18 @@ def test_dlmc_rn50_n_is_per_image_times_images(tmp_path):
     b = matrices.load_dlmc(files[1], tmp_path)
     assert b.per_image_n is None
     assert matrices.dlmc_ns(b.per_image_n, (2048,), (1, 32)) == [2048]
+
+
+def test_dlmc_filter_narrows_a_presets_dlmc_groups_only():
+    from jaxcsb.bench.__main__ import narrow_dlmc
+    from jaxcsb.bench.presets import check_preset
+
+    groups = check_preset("gpu-targets")
+    narrowed = narrow_dlmc(groups, ("0.95",))
+    for before, after in zip(groups, narrowed, strict=True):
+        if before.dlmc is None:
+            assert after == before
+        else:
+            assert after.dlmc == (*before.dlmc, "0.95")
+    assert any(g.dlmc is not None for g in narrowed)
+    assert narrow_dlmc(groups, ()) == tuple(groups)

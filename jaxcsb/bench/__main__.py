@@ -16,6 +16,7 @@ import datetime
 import os
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dlmc-filter",
         type=_list(str),
         default=(),
-        help="keep DLMC files whose path contains all of these strings",
+        help="keep DLMC files whose path contains all of these strings (in a preset too)",
     )
     out = ap.add_argument_group("outputs")
     out.add_argument("--out", help="output directory (default results/)")
@@ -162,6 +163,14 @@ def _custom_group(args) -> Group:
     )
 
 
+def narrow_dlmc(groups, filters):
+    """The groups with ``filters`` added to every DLMC group's path filter; the other groups
+    as they are."""
+    if not filters:
+        return tuple(groups)
+    return tuple(g if g.dlmc is None else replace(g, dlmc=(*g.dlmc, *filters)) for g in groups)
+
+
 def _meta(args, preset, settings, notes):
     try:
         import torch
@@ -206,6 +215,7 @@ def main(argv=None) -> int:
     else:
         preset = args.preset or ("cpu-small" if backend == "cpu" else "gpu-targets")
         groups = check_preset(preset)
+        groups = narrow_dlmc(groups, args.dlmc_filter)
     dlmc_dir = args.dlmc or _default_dlmc()
     if args.dlmc and not Path(args.dlmc).is_dir():
         parser.error(f"--dlmc {args.dlmc!r} is not a directory")
