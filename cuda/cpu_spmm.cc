@@ -1,14 +1,15 @@
 // CPU SpMM: out = op(S) * D for S in CSB, both directions from the one stored copy.
 //
 // A work item is one line (a block-row of op(S)) times one tile of the n columns. The line's
-// output rows accumulate in a float32 buffer of block_size x tile_width. For each nonempty
-// block of the line the kernel
+// output rows accumulate in a float32 buffer of block_size x tile_width (the output itself
+// for float32 row-major output). For each nonempty block of the line the kernel
 //   1. points at the block's slice of D as float32 rows of the tile width (float32 row-major D
 //      in place; other types and the batch-leading layout are converted/transposed into a
-//      staging buffer once per block, not once per nonzero),
-//   2. groups the block's nonzeros by output row (the stored order already does this for the
-//      forward direction; the transposed direction sorts them stably by local column, O(nnz)
-//      against O(nnz * width) arithmetic), and
+//      staging buffer once per tile, not once per nonzero),
+//   2. walks the block's nonzeros grouped by output row: the stored order already is, for the
+//      forward direction, and the float32 values are read in place; the transposed direction
+//      (and other value types) gets a stably sorted, float32 copy of the positions and values,
+//      built once per line for all tiles, and
 //   3. for each output row keeps a 64-wide slice of it in registers while all of the row's
 //      nonzeros add their scaled dense rows, so the accumulator is loaded and stored once per
 //      row instead of once per nonzero.
@@ -60,94 +61,124 @@ int64_t line_nnz(const CsbShape& s, const int32_t* block_ptr, int64_t line) {
   return total;
 }
 
-// One output row's nonzeros of a block: input-row offsets into the tile and values, stored
-// contiguously from `begin` to `end` in the block's grouped arrays.
-struct RowSegment {
-  int32_t out;
-  int32_t begin;
-  int32_t end;
+// A block's nonzeros in the order the kernel walks them (grouped by output row), with float32
+// values; `slab_offset` is the offset of the block's first input row in the staged slab.
+struct BlockEntries {
+  const uint16_t* local;
+  const float* values;
+  int64_t nnz;
+  int64_t slab_offset;
 };
 
-// The nonzeros of one block grouped by output row, as float32 values and tile row offsets.
-struct GroupedBlock {
-  std::vector<RowSegment> segments;
-  std::vector<int64_t> offsets;  // of each nonzero's input row in the slab
-  std::vector<float> values;
+// Positions of op(S) inside a block: the output row and the input row of a local index.
+struct LocalAxes {
+  int out_shift;  // local >> out_shift & 0xff is the output row
+  int in_shift;   // local >> in_shift & 0xff is the input row
 
-  // `base` is the offset of the block's first input row in the slab; `scratch` is sorting
-  // space shared by the blocks of a slice.
+  explicit LocalAxes(bool transpose) : out_shift(transpose ? 0 : 8), in_shift(transpose ? 8 : 0) {}
+  int out(uint16_t loc) const { return loc >> out_shift & 0xff; }
+};
+
+// The nonzeros of a slice's lines in walking order. Float32 values of the forward direction are
+// used where they are; everything else is copied, once per call, into `local` and `values`
+// (sized before the first copy, so that the entries' pointers stay valid).
+class SliceEntries {
+ public:
   template <typename T>
-  void build(const SpmmProblem& p, const uint16_t* local, const T* vals, int64_t e0, int64_t e1,
-             int64_t base, int64_t stride, std::vector<int32_t>& scratch) {
-    const int64_t nnz = e1 - e0, beta = p.shape.block_size;
-    const bool transpose = p.shape.transpose;
-    offsets.resize(nnz);
-    values.resize(nnz);
-    segments.clear();
-    // Appends nonzero k of the block at `slot` of the grouped order (slots in rising order).
-    auto place = [&](int32_t slot, int64_t k) {
-      const uint16_t loc = local[e0 + k];
-      offsets[slot] = base + local_in(loc, transpose) * stride;
-      values[slot] = to_f32(vals[e0 + k]);
-      const int32_t out = local_out(loc, transpose);
-      if (segments.empty() || segments.back().out != out) segments.push_back({out, slot, slot});
-      segments.back().end = slot + 1;
-    };
-    if (!transpose) {  // stored order is already by row
-      for (int64_t k = 0; k < nnz; ++k) place(static_cast<int32_t>(k), k);
-      return;
-    }
-    // By local column, stable (keeps the stored order within a column). A counting sort costs
-    // O(beta + nnz); a block of a hypersparse matrix with a handful of nonzeros would pay
-    // mostly for the beta counters, so up to sqrt(4 beta) nonzeros an insertion sort (O(nnz^2))
-    // produces the same order.
-    scratch.resize(nnz + beta + 1);
-    int32_t* order = scratch.data();
-    if (nnz * nnz <= 4 * beta) {
-      for (int64_t k = 0; k < nnz; ++k) {
-        const int out = local_out(local[e0 + k], true);
-        int64_t i = k;
-        for (; i > 0 && local_out(local[e0 + order[i - 1]], true) > out; --i) {
-          order[i] = order[i - 1];
+  void build(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local, const T* vals,
+             int64_t first_line, int64_t last_line, int64_t stride) {
+    const CsbShape& s = p.shape;
+    const bool in_place = std::is_same_v<T, float> && !s.transpose;
+    if (!in_place) {
+      int64_t total = 0;
+      for (int64_t line = first_line; line <= last_line; ++line) {
+        for (int64_t pos = 0; pos < s.line_length(); ++pos) {
+          const int64_t b = s.block_at(line, pos);
+          total += int64_t{block_ptr[b + 1]} - block_ptr[b];
         }
-        order[i] = static_cast<int32_t>(k);
       }
-      for (int64_t slot = 0; slot < nnz; ++slot) place(static_cast<int32_t>(slot), order[slot]);
-      return;
+      local_.resize(total);
+      values_.resize(total);
     }
-    int32_t* count = order + nnz;
-    std::fill(count, count + beta + 1, 0);
-    for (int64_t k = 0; k < nnz; ++k) ++count[local_out(local[e0 + k], true) + 1];
-    for (int64_t o = 0; o < beta; ++o) count[o + 1] += count[o];
-    for (int64_t k = 0; k < nnz; ++k) order[count[local_out(local[e0 + k], true)]++] = k;
-    for (int64_t slot = 0; slot < nnz; ++slot) place(static_cast<int32_t>(slot), order[slot]);
+    lines_.assign(last_line - first_line + 1, {});
+    int64_t next = 0;  // first free slot of the copies
+    for (int64_t line = first_line; line <= last_line; ++line) {
+      auto& blocks = lines_[line - first_line];  // the line's nonempty blocks only
+      for (int64_t pos = 0; pos < s.line_length(); ++pos) {
+        const int64_t b = s.block_at(line, pos);
+        const int64_t e0 = block_ptr[b], nnz = int64_t{block_ptr[b + 1]} - e0;
+        if (nnz == 0) continue;
+        const int64_t slab_offset = pos * s.block_size * stride;
+        if constexpr (std::is_same_v<T, float>) {
+          if (in_place) {
+            blocks.push_back({local + e0, vals + e0, nnz, slab_offset});
+            continue;
+          }
+        }
+        uint16_t* l = local_.data() + next;
+        float* v = values_.data() + next;
+        next += nnz;
+        if (s.transpose) {
+          sort_by_column(local + e0, vals + e0, nnz, s.block_size, l, v);
+        } else {
+          std::copy(local + e0, local + e0 + nnz, l);
+          for (int64_t k = 0; k < nnz; ++k) v[k] = to_f32(vals[e0 + k]);
+        }
+        blocks.push_back({l, v, nnz, slab_offset});
+      }
+    }
   }
+
+  const std::vector<BlockEntries>& line(int64_t index) const { return lines_[index]; }
+
+ private:
+  // Stable counting sort by local column (the output row of the transposed direction).
+  template <typename T>
+  void sort_by_column(const uint16_t* local, const T* vals, int64_t nnz, int64_t beta,
+                      uint16_t* sorted_local, float* sorted_values) {
+    count_.assign(beta + 1, 0);
+    for (int64_t k = 0; k < nnz; ++k) ++count_[(local[k] & 0xff) + 1];
+    for (int64_t c = 0; c < beta; ++c) count_[c + 1] += count_[c];
+    for (int64_t k = 0; k < nnz; ++k) {
+      const int64_t slot = count_[local[k] & 0xff]++;
+      sorted_local[slot] = local[k];
+      sorted_values[slot] = to_f32(vals[k]);
+    }
+  }
+
+  std::vector<std::vector<BlockEntries>> lines_;
+  std::vector<uint16_t> local_;
+  std::vector<float> values_;
+  std::vector<int64_t> count_;
 };
 
 // Eight floats; aligned(4) makes loads and stores through it unaligned-safe.
 typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
 constexpr int kVecs = kChunk / 8;
 
-// acc[0, width) += sum_k values[k] * tile[offsets[k] + (0, width)]. Written with vector
-// extensions so that each clone keeps the 64 accumulators in registers (the plain loop
-// tempted the vectoriser into gathers across nonzeros).
+// acc[0, width) += sum_k values[k] * rows[(local[k] >> in_shift & 0xff) * stride + (0, width)].
+// Written with vector extensions so that each clone keeps the 64 accumulators in registers
+// (the plain loop tempted the vectoriser into gathers across nonzeros).
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void accumulate_row(
-    float* acc, const float* tile, const int64_t* offsets, const float* values, int64_t count,
-    int64_t width) {
+    float* acc, const float* rows, int64_t stride, const uint16_t* local, const float* values,
+    int64_t count, int in_shift, int64_t width, bool fresh) {
+  if (fresh) std::fill_n(acc + width / kChunk * kChunk, width % kChunk, 0.0f);  // the tail's start
   int64_t j = 0;
   for (; j + kChunk <= width; j += kChunk) {
     Vec8 r[kVecs];
-    for (int c = 0; c < kVecs; ++c) r[c] = *reinterpret_cast<const Vec8*>(acc + j + 8 * c);
+    for (int c = 0; c < kVecs; ++c) {
+      r[c] = fresh ? Vec8{} : *reinterpret_cast<const Vec8*>(acc + j + 8 * c);
+    }
     for (int64_t k = 0; k < count; ++k) {
       const float v = values[k];
-      const float* d = tile + offsets[k] + j;
+      const float* d = rows + (local[k] >> in_shift & 0xff) * stride + j;
       for (int c = 0; c < kVecs; ++c) r[c] += v * *reinterpret_cast<const Vec8*>(d + 8 * c);
     }
     for (int c = 0; c < kVecs; ++c) *reinterpret_cast<Vec8*>(acc + j + 8 * c) = r[c];
   }
   for (int64_t k = 0; k < count; ++k) {
     const float v = values[k];
-    const float* d = tile + offsets[k];
+    const float* d = rows + (local[k] >> in_shift & 0xff) * stride;
     for (int64_t c = j; c < width; ++c) acc[c] += v * d[c];
   }
 }
@@ -258,18 +289,11 @@ void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local,
   const int64_t beta = s.block_size, tw = tile_width(p), tiles = num_tiles(p);
   const int64_t stride = slab_stride<T>(p);
   const int64_t first_line = item_begin / tiles, last_line = (item_end - 1) / tiles;
-  std::vector<std::vector<GroupedBlock>> grouped(last_line - first_line + 1);
-  std::vector<int32_t> scratch;
-  for (int64_t line = first_line; line <= last_line; ++line) {
-    auto& blocks = grouped[line - first_line];  // the line's nonempty blocks only
-    for (int64_t pos = 0; pos < s.line_length(); ++pos) {
-      const int64_t b = s.block_at(line, pos);
-      if (block_ptr[b] == block_ptr[b + 1]) continue;
-      blocks.emplace_back().build(p, local, values, block_ptr[b], block_ptr[b + 1],
-                                  pos * beta * stride, stride, scratch);
-    }
-  }
+  SliceEntries entries;
+  entries.build(p, block_ptr, local, values, first_line, last_line, stride);
+  const LocalAxes axes(s.transpose);
   std::vector<float> acc(beta * tw), slab;
+  std::vector<uint8_t> touched(beta);
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t n0 = t * tw, width = std::min(tw, p.n - n0);
     const float* tile = nullptr;
@@ -287,12 +311,23 @@ void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local,
           row_stride = p.n;
         }
       }
-      for (int64_t o = 0; o < out_rows; ++o) std::fill_n(rows + o * row_stride, width, 0.0f);
-      for (const GroupedBlock& block : grouped[line - first_line]) {
-        for (const RowSegment& seg : block.segments) {
-          accumulate_row(rows + seg.out * row_stride, tile, block.offsets.data() + seg.begin,
-                         block.values.data() + seg.begin, seg.end - seg.begin, width);
+      // The first run of an output row stores its sum (no zero-fill and reload); rows that no
+      // nonzero reaches are zero-filled at the end.
+      std::fill(touched.begin(), touched.end(), 0);
+      for (const BlockEntries& block : entries.line(line - first_line)) {
+        // One call per output row: the run of nonzeros with the same output row.
+        for (int64_t k = 0; k < block.nnz;) {
+          const int out = axes.out(block.local[k]);
+          int64_t end = k + 1;
+          while (end < block.nnz && axes.out(block.local[end]) == out) ++end;
+          accumulate_row(rows + out * row_stride, tile + block.slab_offset, stride, block.local + k,
+                         block.values + k, end - k, axes.in_shift, width, !touched[out]);
+          touched[out] = 1;
+          k = end;
         }
+      }
+      for (int64_t o = 0; o < out_rows; ++o) {
+        if (!touched[o]) std::fill_n(rows + o * row_stride, width, 0.0f);
       }
       if (rows == acc.data()) write_tile(p, acc.data(), out_base, out_rows, n0, width, tw, out);
     }
