@@ -156,31 +156,57 @@ class SliceEntries {
 typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
 constexpr int kVecs = kChunk / 8;
 
-// acc[0, width) += sum_k values[k] * rows[(local[k] >> in_shift & 0xff) * stride + (0, width)].
-// Written with vector extensions so that each clone keeps the 64 accumulators in registers
-// (the plain loop tempted the vectoriser into gathers across nonzeros).
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void accumulate_row(
-    float* acc, const float* rows, int64_t stride, const uint16_t* local, const float* values,
-    int64_t count, int in_shift, int64_t width, bool fresh) {
-  if (fresh) std::fill_n(acc + width / kChunk * kChunk, width % kChunk, 0.0f);  // the tail's start
-  int64_t j = 0;
-  for (; j + kChunk <= width; j += kChunk) {
-    Vec8 r[kVecs];
-    for (int c = 0; c < kVecs; ++c) {
-      r[c] = fresh ? Vec8{} : *reinterpret_cast<const Vec8*>(acc + j + 8 * c);
-    }
-    for (int64_t k = 0; k < count; ++k) {
-      const float v = values[k];
-      const float* d = rows + (local[k] >> in_shift & 0xff) * stride + j;
-      for (int c = 0; c < kVecs; ++c) r[c] += v * *reinterpret_cast<const Vec8*>(d + 8 * c);
-    }
-    for (int c = 0; c < kVecs; ++c) *reinterpret_cast<Vec8*>(acc + j + 8 * c) = r[c];
-  }
+// acc[0, kVecs * 8) += (or, when `fresh`, =) sum_k values[k] * rows[in(local[k]) * stride + ...],
+// with the kVecs vectors of the row in registers while all of the row's nonzeros are added.
+template <int kVecs>
+__attribute__((always_inline)) inline void accumulate_vectors(float* acc, const float* rows,
+                                                              int64_t stride, const uint16_t* local,
+                                                              const float* values, int64_t count,
+                                                              int in_shift, bool fresh) {
+  Vec8 r[kVecs];
+  for (int c = 0; c < kVecs; ++c)
+    r[c] = fresh ? Vec8{} : *reinterpret_cast<const Vec8*>(acc + 8 * c);
   for (int64_t k = 0; k < count; ++k) {
     const float v = values[k];
     const float* d = rows + (local[k] >> in_shift & 0xff) * stride;
-    for (int64_t c = j; c < width; ++c) acc[c] += v * d[c];
+    for (int c = 0; c < kVecs; ++c) r[c] += v * *reinterpret_cast<const Vec8*>(d + 8 * c);
   }
+  for (int c = 0; c < kVecs; ++c) *reinterpret_cast<Vec8*>(acc + 8 * c) = r[c];
+}
+
+// acc[0, width) += (or, when `fresh`, =) sum_k values[k] * rows[(local[k] >> in_shift & 0xff) *
+// stride + (0, width)]: 64 columns at a time, then 32, 16 and 8, then the last few one by one,
+// each piece with its accumulators in registers. Written with vector extensions (the plain loop
+// tempted the vectoriser into gathers across nonzeros); each clone inlines the pieces.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void accumulate_row(
+    float* acc, const float* rows, int64_t stride, const uint16_t* local, const float* values,
+    int64_t count, int in_shift, int64_t width, bool fresh) {
+  int64_t j = 0;
+  for (; j + kChunk <= width; j += kChunk) {
+    accumulate_vectors<kVecs>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
+  }
+  if (j + 32 <= width) {
+    accumulate_vectors<4>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
+    j += 32;
+  }
+  if (j + 16 <= width) {
+    accumulate_vectors<2>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
+    j += 16;
+  }
+  if (j + 8 <= width) {
+    accumulate_vectors<1>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
+    j += 8;
+  }
+  if (j == width) return;
+  float r[8];
+  const int rest = static_cast<int>(width - j);
+  for (int c = 0; c < rest; ++c) r[c] = fresh ? 0.0f : acc[j + c];
+  for (int64_t k = 0; k < count; ++k) {
+    const float v = values[k];
+    const float* d = rows + (local[k] >> in_shift & 0xff) * stride + j;
+    for (int c = 0; c < rest; ++c) r[c] += v * d[c];
+  }
+  for (int c = 0; c < rest; ++c) acc[j + c] = r[c];
 }
 
 // Returns columns n0 .. n0 + width of D as float32 rows (in_dim of them) of stride
