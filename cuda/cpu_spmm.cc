@@ -209,6 +209,33 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
   for (int c = 0; c < rest; ++c) acc[j + c] = r[c];
 }
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for an 8 x 8 tile of floats, in registers
+// (the unpack / shuffle / lane-swap sequence of an AVX transpose, written as vector shuffles).
+typedef int Int8 __attribute__((vector_size(32)));
+typedef float Vec8a __attribute__((vector_size(32), aligned(4)));
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void transpose_8x8(
+    const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  Vec8a r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = *reinterpret_cast<const Vec8a*>(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], Int8{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], Int8{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], Int8{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], Int8{2, 3, 10, 11, 6, 7, 14, 15});
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], Int8{0, 1, 8, 9, 4, 5, 12, 13});
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], Int8{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  for (int i = 0; i < 4; ++i) {
+    *reinterpret_cast<Vec8a*>(dst + i * dst_stride) =
+        __builtin_shuffle(u[i], u[i + 4], Int8{0, 1, 2, 3, 8, 9, 10, 11});
+    *reinterpret_cast<Vec8a*>(dst + (i + 4) * dst_stride) =
+        __builtin_shuffle(u[i], u[i + 4], Int8{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
 // Returns columns n0 .. n0 + width of D as float32 rows (in_dim of them) of stride
 // slab_stride. Float32 row-major D is used in place; anything else is converted (and, for the
 // batch-leading layout, transposed in 8 x 8 tiles) into `slab` once per tile, so every line
@@ -234,6 +261,12 @@ const float* stage_slab(const SpmmProblem& p, const T* dense, int64_t n0, int64_
     const int64_t k1 = std::min(width, k0 + 8);
     for (int64_t i0 = 0; i0 < in_dim; i0 += 8) {
       const int64_t i1 = std::min(in_dim, i0 + 8);
+      if constexpr (std::is_same_v<T, float>) {
+        if (k1 - k0 == 8 && i1 - i0 == 8) {
+          transpose_8x8(dense + (n0 + k0) * in_dim + i0, in_dim, slab.data() + i0 * tw + k0, tw);
+          continue;
+        }
+      }
       for (int64_t k = k0; k < k1; ++k) {
         const T* src = dense + (n0 + k) * in_dim;
         for (int64_t i = i0; i < i1; ++i) slab[i * tw + k] = to_f32(src[i]);
@@ -258,6 +291,12 @@ void write_tile(const SpmmProblem& p, const float* acc, int64_t out_base, int64_
     const int64_t k1 = std::min(width, k0 + 8);
     for (int64_t o0 = 0; o0 < out_rows; o0 += 8) {
       const int64_t o1 = std::min(out_rows, o0 + 8);
+      if constexpr (std::is_same_v<T, float>) {
+        if (k1 - k0 == 8 && o1 - o0 == 8) {
+          transpose_8x8(acc + o0 * tw + k0, tw, out + (n0 + k0) * out_dim + out_base + o0, out_dim);
+          continue;
+        }
+      }
       for (int64_t k = k0; k < k1; ++k) {
         T* dst = out + (n0 + k) * out_dim + out_base;
         for (int64_t o = o0; o < o1; ++o) dst[o] = from_f32<T>(acc[o * tw + k]);
