@@ -67,3 +67,38 @@ def test_relative_error_rejects_wrong_shape_and_nan():
     assert products.relative_error(np.ones((2, 3)), ref) == float("inf")
     assert products.relative_error(np.full((3, 2), np.nan), ref) == float("inf")
     assert products.relative_error(ref * 1.5, ref) == pytest.approx(0.5)
+
+
+class _RecordingTimer:
+    """Stands in for timing.Timer: each measure() returns a fixed time and logs its peer."""
+
+    def __init__(self, name, ms, log):
+        self.name, self.ms, self.log = name, ms, log
+
+    def estimate(self):
+        return 1e-3
+
+    def measure(self, est, *, target_s, budget_s, max_inner):
+        self.log.append(self.name)
+        self.ms.rotate(-1)
+        from jaxcsb.bench.timing import Timing
+
+        return Timing(self.ms[0], 3, 1, 1, "calls", min_ms=self.ms[0] / 2)
+
+
+def test_peers_are_timed_in_rounds_that_take_turns():
+    from collections import deque
+
+    problem, log, settings = _problem(), [], runner.Settings(progress=False, rounds=3)
+    prep = peers.PEERS["jaxcsb"].prepare(problem, {})
+    checked = {
+        "a": ({}, (_RecordingTimer("a", deque([1.0, 2.0, 9.0]), log), prep)),
+        "b": ({}, (_RecordingTimer("b", deque([4.0, 4.0, 4.0]), log), prep)),
+    }
+    runner.time_peers(checked, problem, settings)
+    assert log == ["a", "b", "a", "b", "a", "b"]
+    a, b = checked["a"][0], checked["b"][0]
+    # Rounds gave a 2, 9, 1 (rotated): the median of the rounds' medians, the fastest repeat.
+    assert a["status"] == "ok" and a["ms"] == 2.0 and a["min_ms"] == 0.5
+    assert a["rounds"] == 3 and a["reps"] == 9
+    assert b["ms"] == 4.0

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target", type=float, default=None, help="seconds per timed repeat")
     how.add_argument("--max-inner", type=int, default=4096, help="most products per repeat")
     how.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="timing rounds per case, taking turns over its peers (the budget is shared)",
+    )
+    how.add_argument(
         "--ceilings",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -221,6 +227,8 @@ def main(argv=None) -> int:
         parser.error(f"--dlmc {args.dlmc!r} is not a directory")
     if custom and "dlmc" in (args.matrices or ()) and dlmc_dir is None:
         parser.error("--matrices dlmc needs --dlmc DIR")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
 
     on_cpu = backend == "cpu"
     settings = Settings(
@@ -232,6 +240,7 @@ def main(argv=None) -> int:
         progress=not args.no_progress,
         log=args.log,
         time_limit_s=args.time_limit,
+        rounds=args.rounds,
     )
     if preset == "tiny" and args.budget is None:
         settings.budget_s = 0.005

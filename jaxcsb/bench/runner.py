@@ -10,6 +10,7 @@ and not timed.
 from __future__ import annotations
 
 import gc
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class Settings:
     progress: bool = True
     log: bool = False  # one line per finished case on stderr
     time_limit_s: float | None = None  # no new case starts after this many seconds
+    rounds: int = 3  # timing rounds that take turns over a case's peers
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,18 @@ def _peer_order(names):
     return sorted(dict.fromkeys(names), key=lambda n: n != "jaxcsb")
 
 
-def run_peer(peer, problem, memo, settings: Settings, cold_bytes: int) -> dict:
-    """Check, then time one peer on one problem. Returns its record."""
+def check_peer(peer, problem, memo, settings: Settings, cold_bytes: int):
+    """Prepares one peer on one problem and checks its output against the reference.
+    Returns its record and, when it passed, the timer to time it with (else None)."""
     reason = peer.unavailable()
     if reason:
-        return {"status": "skipped", "reason": reason}
+        return {"status": "skipped", "reason": reason}, None
     try:
         prep = peer.prepare(problem, memo)
     except NotApplicable as e:
-        return {"status": "n/a", "reason": str(e)}
+        return {"status": "n/a", "reason": str(e)}, None
     except Exception as e:  # a peer's failure is a result, not a crash of the sweep
-        return {"status": "error", "reason": f"prepare: {type(e).__name__}: {e}"}
+        return {"status": "error", "reason": f"prepare: {type(e).__name__}: {e}"}, None
     rec = {"tolerance": TOLERANCE[prep.tolerance], "tolerance_of": prep.tolerance}
     if prep.block_size is not None:
         rec["block_size"] = prep.block_size
@@ -119,38 +122,74 @@ def run_peer(peer, problem, memo, settings: Settings, cold_bytes: int) -> dict:
         timer = timing.Timer(prep, settings.method, timing.copies_for(cold_bytes, prep.bytes))
         err = relative_error(prep.to_numpy(timer.once()), problem.reference)
     except NotImplementedError as e:  # the library lacks this case (e.g. a dtype)
-        return {"status": "n/a", "reason": f"{type(e).__name__}: {e}"}
+        return {"status": "n/a", "reason": f"{type(e).__name__}: {e}"}, None
     except Exception as e:
-        return {**rec, "status": "error", "reason": f"run: {type(e).__name__}: {e}"}
+        return {**rec, "status": "error", "reason": f"run: {type(e).__name__}: {e}"}, None
     rec["rel_err"] = err
     if not err <= rec["tolerance"]:
-        return {**rec, "status": "fail", "reason": f"relative error {err:.3g} > {rec['tolerance']}"}
-    try:
-        t = timer.measure(
-            timer.estimate(),
-            target_s=settings.target_s,
-            budget_s=settings.budget_s,
-            max_inner=settings.max_inner,
+        reason = f"relative error {err:.3g} > {rec['tolerance']}"
+        return {**rec, "status": "fail", "reason": reason}, None
+    return rec, (timer, prep)
+
+
+def time_peers(checked: dict, problem, settings: Settings) -> None:
+    """Times the checked peers (name -> (record, (timer, prep))) in ``settings.rounds``
+    rounds that take turns over them, each round a share of every peer's budget, and fills
+    their records: a change in the machine's load during a case then reaches every peer
+    alike instead of whichever ran at the time. The time is the median of the rounds'
+    medians; min_ms the fastest repeat of all."""
+    rounds = max(1, settings.rounds)
+    estimates, timings = {}, {name: [] for name in checked}
+    for name, (rec, (timer, _)) in checked.items():
+        try:
+            estimates[name] = timer.estimate()
+        except Exception as e:
+            rec.update(status="error", reason=f"timing: {type(e).__name__}: {e}")
+    for _ in range(rounds):
+        for name in estimates:
+            rec, (timer, _) = checked[name]
+            if rec.get("status") == "error":
+                continue
+            try:
+                timings[name].append(
+                    timer.measure(
+                        estimates[name],
+                        target_s=settings.target_s,
+                        budget_s=settings.budget_s / rounds,
+                        max_inner=settings.max_inner,
+                    )
+                )
+            except Exception as e:
+                rec.update(status="error", reason=f"timing: {type(e).__name__}: {e}")
+    for name, (rec, (_, prep)) in checked.items():
+        if rec.get("status") == "error" or not timings[name]:
+            continue
+        ts, last = timings[name], timings[name][-1]
+        seconds = statistics.median(t.ms for t in ts) * 1e-3
+        rec.update(
+            status="ok",
+            ms=seconds * 1e3,
+            min_ms=min(t.min_ms for t in ts),
+            tflops=problem.useful_flops / seconds / 1e12,
+            gbps=prep.bytes / seconds / 1e9,
+            bytes=prep.bytes,
+            method=last.method,
+            reps=sum(t.reps for t in ts),
+            rounds=len(ts),
+            inner=last.inner,
+            copies=last.copies,
+            overhead_ms=statistics.median(t.overhead_ms for t in ts),
+            spread=statistics.median(t.spread for t in ts),
+            **({"fallback": last.fallback} if last.fallback else {}),
         )
-    except Exception as e:
-        return {**rec, "status": "error", "reason": f"timing: {type(e).__name__}: {e}"}
-    seconds = t.ms * 1e-3
-    return {
-        **rec,
-        "status": "ok",
-        "ms": t.ms,
-        "min_ms": t.min_ms,
-        "tflops": problem.useful_flops / seconds / 1e12,
-        "gbps": prep.bytes / seconds / 1e9,
-        "bytes": prep.bytes,
-        "method": t.method,
-        "reps": t.reps,
-        "inner": t.inner,
-        "copies": t.copies,
-        "overhead_ms": t.overhead_ms,
-        "spread": t.spread,
-        **({"fallback": t.fallback} if t.fallback else {}),
-    }
+
+
+def run_peer(peer, problem, memo, settings: Settings, cold_bytes: int) -> dict:
+    """Check, then time one peer on one problem. Returns its record."""
+    rec, timed = check_peer(peer, problem, memo, settings, cold_bytes)
+    if timed is not None:
+        time_peers({"peer": (rec, timed)}, problem, settings)
+    return rec
 
 
 def _case_record(group, m, problem, reference_kind):
@@ -237,10 +276,13 @@ def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
             problem = make_problem(m, n, DTYPES[dtype], product, seed=settings.seed + 1)
             rec = _case_record(group, m, problem, attach_reference(problem))
             names = [p for p in group.peers if peer_filter is None or p in peer_filter]
+            checked = {}
             for name in _peer_order(names):
-                rec["peers"][name] = run_peer(
-                    PEERS[name], problem, memo, settings, group.cold_bytes
-                )
+                peer_rec, timed = check_peer(PEERS[name], problem, memo, settings, group.cold_bytes)
+                rec["peers"][name] = peer_rec
+                if timed is not None:
+                    checked[name] = (peer_rec, timed)
+            time_peers(checked, problem, settings)
             _speedups(rec)
             records.append(rec)
             del problem
