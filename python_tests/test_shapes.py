@@ -148,3 +148,21 @@ def test_wide_n_spans_several_tiles():
     b = jax.device_put(random_dense((n, shape[1]), np.float32, seed + 3))
     want, scale = sddmm_reference(A, a, b)
     assert_close(jaxcsb.sddmm(a, b, A).values, want, scale, np.float32, "sddmm")
+
+
+@pytest.mark.parametrize("n", [2, 7, 8, 15, 16, 24, 31, 40, 63, 64, 65, 100, 129])
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DTYPE_IDS[:2])
+def test_every_column_width(n, dtype):
+    """Widths that end on each piece of the kernels' column loop (64, 32, 16 and 8 wide, then
+    single columns) and on each part of an 8 x 8 transposed tile, in every layout; 72 x 48 is
+    a multiple of 8 (whole transposed tiles), so the narrow edges come from n alone."""
+    seed = seed_of("width", n, dtype)
+    shape = (72, 48)
+    mask = random_mask(shape, 0.3, seed)
+    w_raw = random_dense(shape, dtype, seed + 1)
+    A = jaxcsb.CSB.fromdense(w_raw, mask, block_size=16)
+    w = np.where(mask, w_raw.astype(np.float64), 0.0)
+    for layout in LAYOUTS:
+        x = jax.device_put(random_dense(dense_operand_shape(layout, shape, n), dtype, seed + 2))
+        want, scale = reference(layout, w, x)
+        assert_close(apply(layout, A, x), want, scale, dtype, f"{layout} n={n}")
