@@ -77,7 +77,11 @@ ffi::Future sddmm_typed(ffi::ThreadPool& pool, const SddmmProblem& p, ffi::AnyBu
   const auto* l = static_cast<const T*>(lhs.untyped_data());
   const auto* r = static_cast<const T*>(rhs.untyped_data());
   auto* o = static_cast<T*>(out.untyped_data());
-  return run_slices(pool, sddmm_slices(p, bp, slice_count(pool)),
+  // Every slice stages all of R (converted or transposed) once per tile unless R is float32
+  // with n contiguous: staging slices get one slice per thread, as in SpMM.
+  const bool stages_rhs = !p.rhs_transposed || !std::is_same_v<T, float>;
+  const int64_t slices = stages_rhs ? std::max<int64_t>(1, pool.num_threads()) : slice_count(pool);
+  return run_slices(pool, sddmm_slices(p, bp, slices),
                     [=](int64_t begin, int64_t end) { sddmm<T>(p, bp, loc, l, r, o, begin, end); });
 }
 
