@@ -1,4 +1,4 @@
-"""Large matrices and the index limits (docs/guarantees.md, "Size limits").
+"""Large matrices and the index limits (README.md, "Guarantees and limits / Size limits").
 
 Coordinates and block_ptr are int32: dimensions up to 2^31 - 1, nnz up to 2^31 - 1, blocks up
 to 2^31 - 2. Products address the dense operands and the output with 64-bit offsets, so
