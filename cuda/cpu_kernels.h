@@ -30,10 +30,6 @@ template <typename T>
 void sddmm(const SddmmProblem& p, const int32_t* block_ptr, const uint16_t* local, const T* lhs,
            const T* rhs, T* out, int64_t block_begin, int64_t block_end);
 
-// dst[c * dst_stride + r] = src[r * src_stride + c] for r, c < 8: an 8 x 8 tile of floats
-// transposed in registers (cpu_transpose.cc).
-void transpose_8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride);
-
 // Splits items with the given prefix-summed costs into `num_slices` contiguous ranges.
 std::vector<int64_t> balanced_split(const std::vector<int64_t>& cost_prefix, int64_t num_slices);
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_copy.h"
 #include "cpu_kernels.h"
 #include "cpu_types.h"
 
@@ -92,28 +93,9 @@ const float* stage_rows(const T* m, bool row_major, int64_t total_rows, int64_t 
   *stride = kTileWidth;
   buf.resize(count * kTileWidth);
   if (row_major) {
-    for (int64_t r = 0; r < count; ++r) {
-      const T* src = m + (base + r) * n + n0;
-      for (int64_t k = 0; k < width; ++k) buf[r * kTileWidth + k] = to_f32(src[k]);
-    }
-    return buf.data();
-  }
-  for (int64_t k0 = 0; k0 < width; k0 += 8) {
-    const int64_t k1 = std::min(width, k0 + 8);
-    for (int64_t r0 = 0; r0 < count; r0 += 8) {
-      const int64_t r1 = std::min(count, r0 + 8);
-      if constexpr (std::is_same_v<T, float>) {
-        if (k1 - k0 == 8 && r1 - r0 == 8) {
-          transpose_8x8(m + (n0 + k0) * total_rows + base + r0, total_rows,
-                        buf.data() + r0 * kTileWidth + k0, kTileWidth);
-          continue;
-        }
-      }
-      for (int64_t k = k0; k < k1; ++k) {
-        const T* src = m + (n0 + k) * total_rows + base;
-        for (int64_t r = r0; r < r1; ++r) buf[r * kTileWidth + k] = to_f32(src[r]);
-      }
-    }
+    copy_rows(m + base * n + n0, n, buf.data(), kTileWidth, count, width);
+  } else {
+    copy_transposed(m + n0 * total_rows + base, total_rows, buf.data(), kTileWidth, width, count);
   }
   return buf.data();
 }

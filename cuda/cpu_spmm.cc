@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_copy.h"
 #include "cpu_kernels.h"
 #include "cpu_types.h"
 
@@ -224,27 +225,9 @@ const float* stage_slab(const SpmmProblem& p, const T* dense, int64_t n0, int64_
   }
   slab.resize(in_dim * tw);
   if (!p.batch_leading) {
-    for (int64_t i = 0; i < in_dim; ++i) {
-      const T* src = dense + i * p.n + n0;
-      for (int64_t k = 0; k < width; ++k) slab[i * tw + k] = to_f32(src[k]);
-    }
-    return slab.data();
-  }
-  for (int64_t k0 = 0; k0 < width; k0 += 8) {
-    const int64_t k1 = std::min(width, k0 + 8);
-    for (int64_t i0 = 0; i0 < in_dim; i0 += 8) {
-      const int64_t i1 = std::min(in_dim, i0 + 8);
-      if constexpr (std::is_same_v<T, float>) {
-        if (k1 - k0 == 8 && i1 - i0 == 8) {
-          transpose_8x8(dense + (n0 + k0) * in_dim + i0, in_dim, slab.data() + i0 * tw + k0, tw);
-          continue;
-        }
-      }
-      for (int64_t k = k0; k < k1; ++k) {
-        const T* src = dense + (n0 + k) * in_dim;
-        for (int64_t i = i0; i < i1; ++i) slab[i * tw + k] = to_f32(src[i]);
-      }
-    }
+    copy_rows(dense + n0, p.n, slab.data(), tw, in_dim, width);
+  } else {
+    copy_transposed(dense + n0 * in_dim, in_dim, slab.data(), tw, width, in_dim);
   }
   return slab.data();
 }
@@ -253,28 +236,10 @@ template <typename T>
 void write_tile(const SpmmProblem& p, const float* acc, int64_t out_base, int64_t out_rows,
                 int64_t n0, int64_t width, int64_t tw, T* out) {
   if (!p.batch_leading) {
-    for (int64_t o = 0; o < out_rows; ++o) {
-      T* dst = out + (out_base + o) * p.n + n0;
-      for (int64_t k = 0; k < width; ++k) dst[k] = from_f32<T>(acc[o * tw + k]);
-    }
-    return;
-  }
-  const int64_t out_dim = p.shape.out_dim();
-  for (int64_t k0 = 0; k0 < width; k0 += 8) {
-    const int64_t k1 = std::min(width, k0 + 8);
-    for (int64_t o0 = 0; o0 < out_rows; o0 += 8) {
-      const int64_t o1 = std::min(out_rows, o0 + 8);
-      if constexpr (std::is_same_v<T, float>) {
-        if (k1 - k0 == 8 && o1 - o0 == 8) {
-          transpose_8x8(acc + o0 * tw + k0, tw, out + (n0 + k0) * out_dim + out_base + o0, out_dim);
-          continue;
-        }
-      }
-      for (int64_t k = k0; k < k1; ++k) {
-        T* dst = out + (n0 + k) * out_dim + out_base;
-        for (int64_t o = o0; o < o1; ++o) dst[o] = from_f32<T>(acc[o * tw + k]);
-      }
-    }
+    copy_rows(acc, tw, out + out_base * p.n + n0, p.n, out_rows, width);
+  } else {
+    const int64_t out_dim = p.shape.out_dim();
+    copy_transposed(acc, tw, out + n0 * out_dim + out_base, out_dim, out_rows, width);
   }
 }
 

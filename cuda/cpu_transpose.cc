@@ -2,7 +2,7 @@
 // n-major operands and their batch-leading outputs.
 #include <cstdint>
 
-#include "cpu_kernels.h"
+#include "cpu_copy.h"
 
 namespace jaxcsb::cpu {
 namespace {
