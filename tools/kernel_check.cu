@@ -216,25 +216,65 @@ void report(const std::string& name, double err, double tol, bool deterministic,
   }
 }
 
-// Runs `launch` twice into a poisoned output and returns the first result's bytes; sets
-// *same when both runs agree bitwise and *launch_error to the launch's error, if any.
+// Runs `launch` `runs` times, each into a freshly poisoned output, and returns the first
+// result's bytes; sets *same when every run agrees with the first bitwise and *launch_error
+// to the launch's error, if any.
 template <typename F>
-std::vector<uint8_t> run_twice(void* out, size_t bytes, F launch, bool* same,
-                               cudaError_t* launch_error) {
-  std::vector<uint8_t> a(bytes), b(bytes);
-  *same = false;
-  for (int rep = 0; rep < 2; ++rep) {
+std::vector<uint8_t> run_repeatedly(void* out, size_t bytes, F launch, int runs, bool* same,
+                                    cudaError_t* launch_error) {
+  std::vector<uint8_t> first(bytes), again(bytes);
+  *same = true;
+  for (int rep = 0; rep < runs; ++rep) {
     CHECK_CUDA(cudaMemset(out, 0xff, std::max<size_t>(bytes, 1)));
     *launch_error = launch();
     if (*launch_error != cudaSuccess) {
       cudaGetLastError();  // clear it: the next case starts clean
-      return a;
+      *same = false;
+      return first;
     }
     CHECK_CUDA(cudaDeviceSynchronize());
     if (bytes)
-      CHECK_CUDA(cudaMemcpy(rep ? b.data() : a.data(), out, bytes, cudaMemcpyDeviceToHost));
+      CHECK_CUDA(cudaMemcpy(rep ? again.data() : first.data(), out, bytes, cudaMemcpyDeviceToHost));
+    if (rep) *same = *same && first == again;
   }
-  *same = a == b;
+  return first;
+}
+
+// The arguments of one SpMM of m (uploaded as dm) with an n-column dense operand.
+SpmmArgs spmm_args(const HostCsb& m, const DeviceCsb& dm, DType t, int64_t n, bool transpose,
+                   bool batch_leading, const void* dense, void* out) {
+  SpmmArgs a;
+  a.shape = m.shape;
+  a.shape.transpose = transpose;
+  a.n = n;
+  a.nnz = static_cast<int64_t>(m.values.size());
+  a.batch_leading = batch_leading;
+  a.dtype = t;
+  a.block_ptr = dm.block_ptr;
+  a.local = dm.local;
+  a.values = dm.values;
+  a.units = dm.units[transpose];
+  a.num_units = static_cast<int64_t>(m.units[transpose].size()) - 1;
+  a.dense = dense;
+  a.out = out;
+  return a;
+}
+
+// The arguments of one SDDMM at the pattern of m (uploaded as dm) over n.
+SddmmArgs sddmm_args(const HostCsb& m, const DeviceCsb& dm, DType t, int64_t n, bool lhs_t,
+                     bool rhs_t, const void* lhs, const void* rhs, void* out) {
+  SddmmArgs a;
+  a.shape = m.shape;
+  a.n = n;
+  a.nnz = static_cast<int64_t>(m.values.size());
+  a.lhs_transposed = lhs_t;
+  a.rhs_transposed = rhs_t;
+  a.dtype = t;
+  a.block_ptr = dm.block_ptr;
+  a.local = dm.local;
+  a.lhs = lhs;
+  a.rhs = rhs;
+  a.out = out;
   return a;
 }
 
@@ -258,25 +298,13 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   const size_t out_bytes = out_dim * n * dtype_size(t);
   uint8_t* dout = nullptr;
   CHECK_CUDA(cudaMalloc(&dout, std::max<size_t>(out_bytes, 1)));
-  SpmmArgs a;
-  a.shape = s;
-  a.n = n;
-  a.nnz = static_cast<int64_t>(m.values.size());
-  a.batch_leading = batch_leading;
-  a.dtype = t;
-  a.block_ptr = dm.block_ptr;
-  a.local = dm.local;
-  a.values = dm.values;
-  a.units = dm.units[transpose];
-  a.num_units = static_cast<int64_t>(m.units[transpose].size()) - 1;
-  a.dense = dd;
-  a.out = dout;
+  const SpmmArgs a = spmm_args(m, dm, t, n, transpose, batch_leading, dd, dout);
   SpmmOptions opt;
   opt.cluster = cluster;
   bool same = false;
   cudaError_t launch_error = cudaSuccess;
-  auto bytes = run_twice(
-      dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, &same, &launch_error);
+  auto bytes = run_repeatedly(
+      dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, 2, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref);
   char name[256];
   std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d",
@@ -308,22 +336,11 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
   const size_t out_bytes = m.values.size() * dtype_size(t);
   uint8_t* dout = nullptr;
   CHECK_CUDA(cudaMalloc(&dout, std::max<size_t>(out_bytes, 1)));
-  SddmmArgs a;
-  a.shape = m.shape;
-  a.n = n;
-  a.nnz = static_cast<int64_t>(m.values.size());
-  a.lhs_transposed = lt;
-  a.rhs_transposed = rt;
-  a.dtype = t;
-  a.block_ptr = dm.block_ptr;
-  a.local = dm.local;
-  a.lhs = dl;
-  a.rhs = dr;
-  a.out = dout;
+  const SddmmArgs a = sddmm_args(m, dm, t, n, lt, rt, dl, dr, dout);
   bool same = false;
   cudaError_t launch_error = cudaSuccess;
-  auto bytes = run_twice(
-      dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, &same, &launch_error);
+  auto bytes = run_repeatedly(
+      dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, 2, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref);
   char name[256];
   std::snprintf(name, sizeof name, "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d",
@@ -436,32 +453,14 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
     for (int bl = 0; bl < 2; ++bl) {
-      SpmmArgs a;
-      a.shape = m.shape;
-      a.shape.transpose = tr;
-      a.n = n;
-      a.nnz = nnz;
-      a.batch_leading = bl;
-      a.dtype = t;
-      a.block_ptr = dm.block_ptr;
-      a.local = dm.local;
-      a.values = dm.values;
-      a.units = dm.units[tr];
-      a.num_units = static_cast<int64_t>(m.units[tr].size()) - 1;
-      a.dense = d_in;
-      a.out = d_out;
+      const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
       auto launch = [&] { return launch_spmm(a, dev, nullptr); };
       const float ms = time_ms(launch);
       // Determinism: three runs bitwise equal.
-      const size_t bytes = a.shape.out_dim() * n * 4;
-      std::vector<uint8_t> r0(bytes), r1(bytes);
-      bool same = true;
-      for (int rep = 0; rep < 3; ++rep) {
-        CHECK_CUDA(cudaMemset(d_out, 0xff, bytes));
-        CHECK_CUDA(launch());
-        CHECK_CUDA(cudaMemcpy(rep ? r1.data() : r0.data(), d_out, bytes, cudaMemcpyDeviceToHost));
-        if (rep) same = same && r0 == r1;
-      }
+      bool same = false;
+      cudaError_t err = cudaSuccess;
+      run_repeatedly(d_out, a.shape.out_dim() * n * 4, launch, 3, &same, &err);
+      CHECK_CUDA(err);
       bad += !same;
       std::printf("spmm  %s %-5s  %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
                   tr ? "A^T.B" : "A.B  ", bl ? "batch" : "feat", ms, flop / ms / 1e9,
@@ -469,28 +468,13 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
     }
   }
   for (int lt = 0; lt < 2; ++lt) {
-    SddmmArgs a;
-    a.shape = m.shape;
-    a.n = n;
-    a.nnz = nnz;
-    a.lhs_transposed = lt;
-    a.rhs_transposed = false;
-    a.dtype = t;
-    a.block_ptr = dm.block_ptr;
-    a.local = dm.local;
-    a.lhs = d_in;
-    a.rhs = d_in2;
-    a.out = d_out;
+    const SddmmArgs a = sddmm_args(m, dm, t, n, lt, false, d_in, d_in2, d_out);
     auto launch = [&] { return launch_sddmm(a, dev, nullptr); };
     const float ms = time_ms(launch);
-    std::vector<uint8_t> r0(nnz * 4), r1(nnz * 4);
-    bool same = true;
-    for (int rep = 0; rep < 3; ++rep) {
-      CHECK_CUDA(cudaMemset(d_out, 0xff, nnz * 4));
-      CHECK_CUDA(launch());
-      CHECK_CUDA(cudaMemcpy(rep ? r1.data() : r0.data(), d_out, nnz * 4, cudaMemcpyDeviceToHost));
-      if (rep) same = same && r0 == r1;
-    }
+    bool same = false;
+    cudaError_t err = cudaSuccess;
+    run_repeatedly(d_out, nnz * 4, launch, 3, &same, &err);
+    CHECK_CUDA(err);
     bad += !same;
     std::printf("sddmm lhs_t=%d        %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n", lt, ms,
                 flop / ms / 1e9, same ? "yes" : "NO");
