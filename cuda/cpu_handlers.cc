@@ -24,10 +24,6 @@ ffi::Future ready(ffi::Error error = ffi::Error::Success()) {
   return future;
 }
 
-// Four slices per thread: a few lines (the transposed direction of a tall matrix has only
-// cols / block_size of them) still spread over the threads when one of them is delayed.
-int64_t slice_count(ffi::ThreadPool& pool) { return std::max<int64_t>(1, 4 * pool.num_threads()); }
-
 // Runs body(begin, end) for every slice [bounds[i], bounds[i + 1]) on the thread pool.
 template <typename Body>
 ffi::Future run_slices(ffi::ThreadPool& pool, const std::vector<int64_t>& bounds, Body body) {
@@ -57,13 +53,7 @@ ffi::Future spmm_typed(ffi::ThreadPool& pool, const SpmmProblem& p, ffi::AnyBuff
   const auto* val = static_cast<const T*>(values.untyped_data());
   const auto* d = static_cast<const T*>(dense.untyped_data());
   auto* o = static_cast<T*>(out.untyped_data());
-  // Slices that stage slabs (converted or transposed operands) each stage every row of the
-  // operand once per tile, so they get one slice per thread; float32 row-major operands are
-  // read in place, and more slices even out the load.
-  const bool stages_slabs = p.batch_leading || !std::is_same_v<T, float>;
-  const int64_t slices =
-      stages_slabs ? std::max<int64_t>(1, pool.num_threads()) : slice_count(pool);
-  return run_slices(pool, spmm_slices(p, bp, slices), [=](int64_t begin, int64_t end) {
+  return run_slices(pool, spmm_slices(p, bp, pool.num_threads()), [=](int64_t begin, int64_t end) {
     spmm<T>(p, bp, loc, val, d, o, begin, end);
   });
 }
@@ -77,11 +67,7 @@ ffi::Future sddmm_typed(ffi::ThreadPool& pool, const SddmmProblem& p, ffi::AnyBu
   const auto* l = static_cast<const T*>(lhs.untyped_data());
   const auto* r = static_cast<const T*>(rhs.untyped_data());
   auto* o = static_cast<T*>(out.untyped_data());
-  // Every slice stages all of R (converted or transposed) once per tile unless R is float32
-  // with n contiguous: staging slices get one slice per thread, as in SpMM.
-  const bool stages_rhs = !p.rhs_transposed || !std::is_same_v<T, float>;
-  const int64_t slices = stages_rhs ? std::max<int64_t>(1, pool.num_threads()) : slice_count(pool);
-  return run_slices(pool, sddmm_slices(p, bp, slices),
+  return run_slices(pool, sddmm_slices(p, bp, pool.num_threads()),
                     [=](int64_t begin, int64_t end) { sddmm<T>(p, bp, loc, l, r, o, begin, end); });
 }
 

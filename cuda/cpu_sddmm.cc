@@ -103,7 +103,10 @@ const float* stage_rows(const T* m, bool row_major, int64_t total_rows, int64_t 
 }  // namespace
 
 std::vector<int64_t> sddmm_slices(const SddmmProblem& p, const int32_t* block_ptr,
-                                  int64_t num_slices) {
+                                  int64_t num_threads) {
+  // R is staged (converted or transposed) unless it is float32 with n contiguous.
+  const bool stages_rhs = !p.rhs_transposed || p.type != ValueType::kF32;
+  const int64_t num_slices = slice_count(num_threads, stages_rhs);
   const int64_t blocks = p.shape.num_blocks();
   std::vector<int64_t> prefix(blocks + 1, 0);
   for (int64_t b = 0; b < blocks; ++b) {

@@ -36,9 +36,13 @@ constexpr int64_t kChunk = 64;
 // holds in_dim rows, so a 256-wide stride for n = 8 would stage 32 times the data.
 // When the operand is staged (converted or transposed), the slab of in_dim rows should also
 // stay within 1 MiB of L2: a 2048-row slab 256 wide (2 MiB) made x @ A 1.8x slower than x @ A.T.
+// Whether the dense operand is staged (converted to float32 or transposed) into a slab per
+// tile instead of being read in place.
+bool stages_slabs(const SpmmProblem& p) { return p.batch_leading || p.type != ValueType::kF32; }
+
 int64_t tile_width(const SpmmProblem& p) {
   int64_t width = 256;
-  if (p.batch_leading || p.type != ValueType::kF32) {
+  if (stages_slabs(p)) {
     const int64_t fit = (int64_t{1} << 18) / std::max<int64_t>(1, p.shape.in_dim());
     width = std::clamp<int64_t>(fit / 64 * 64, 64, 256);
   }
@@ -260,7 +264,8 @@ std::vector<int64_t> balanced_split(const std::vector<int64_t>& cost_prefix, int
 }
 
 std::vector<int64_t> spmm_slices(const SpmmProblem& p, const int32_t* block_ptr,
-                                 int64_t num_slices) {
+                                 int64_t num_threads) {
+  const int64_t num_slices = slice_count(num_threads, stages_slabs(p));
   const int64_t tiles = num_tiles(p), w = tile_width(p);
   const int64_t lines = p.shape.num_lines();
   std::vector<int64_t> prefix(lines * tiles + 1, 0);
