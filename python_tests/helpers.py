@@ -7,6 +7,7 @@ failure reproduces exactly and no two cases share their data by accident.
 from __future__ import annotations
 
 import os
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -228,3 +229,15 @@ def dlmc_dir() -> Path | None:
         if c.is_dir() and any(c.rglob("*.smtx")):
             return c
     return None
+
+
+def run_with_host_devices(args, devices: int, cwd, timeout: float):
+    """Runs ``args`` in a process whose XLA has ``devices`` CPU devices (the flag must be set
+    before JAX starts, so it cannot be this process), from ``cwd``: a directory outside the
+    repository, so that ``import jaxcsb`` finds the installed package with its native module
+    rather than the source tree. Returns the completed process with its output captured."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

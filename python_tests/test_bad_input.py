@@ -5,8 +5,6 @@ case, each checking the exception type and that the message names the argument."
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import SHAPE, f64, seed_of, standard_csb
+from helpers import SHAPE, f64, run_with_host_devices, seed_of, standard_csb
 from jax.experimental import sparse
 from test_native import RuntimeErrors, _valid_spmm, needs_native, sddmm_call, spmm_call
 
@@ -181,11 +179,7 @@ def test_device_cases_in_a_subprocess(tmp_path):
     JAX starts). Every case must run: a skip fails."""
     if TWO_DEVICES:
         pytest.skip("this process has 2 devices: the device cases run here")
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=2"])
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
+    proc = run_with_host_devices(
         [
             sys.executable,
             "-m",
@@ -198,10 +192,8 @@ def test_device_cases_in_a_subprocess(tmp_path):
             "test_devices_",
             str(Path(__file__)),
         ],
-        cwd=tmp_path,  # outside the repository: the installed package is imported
-        env=env,
-        capture_output=True,
-        text=True,
+        devices=2,
+        cwd=tmp_path,
         timeout=300,
     )
     out = proc.stdout + proc.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_with_host_devices
 
 nnx = pytest.importorskip("flax.nnx", reason="the models need flax")
 optax = pytest.importorskip("optax", reason="the models need optax")
@@ -93,22 +93,16 @@ def test_transformer_scaling_script_on_two_host_devices(models_on_path, tmp_path
     """The scaling script in a process with two CPU devices (the flag must be set before JAX
     starts): every set-up's first loss matches one device's (the script checks it), and the
     JSON lists the three set-ups."""
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=2"])
-    env["JAX_PLATFORMS"] = "cpu"
     out = tmp_path / "scaling.json"
-    proc = subprocess.run(
+    proc = run_with_host_devices(
         [
             sys.executable,
             str(MODELS / "transformer_scaling.py"),
             *"--block-size 16 --timing-rounds 1 --timing-repeats 2 --json".split(),
             str(out),
         ],
+        devices=2,
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

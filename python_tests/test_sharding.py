@@ -5,8 +5,6 @@ the last test here runs in a subprocess with four host devices."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -15,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, f64, random_csb, seed_of
+from helpers import assert_close, f64, random_csb, run_with_host_devices, seed_of
 
 import jaxcsb
 from jaxcsb import sharding as jcs
@@ -394,19 +392,11 @@ def test_multidevice_cases_in_a_subprocess(tmp_path):
     before JAX starts, so it cannot be this process). Every case must run: a skip fails."""
     if jax.device_count() >= 4:
         pytest.skip("this process has 4 devices: test_sharding_multidevice.py runs here")
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join([*flags, "--xla_force_host_platform_device_count=4"])
-    env["JAX_PLATFORMS"] = "cpu"
     path = Path(__file__).with_name("test_sharding_multidevice.py")
-    # cwd outside the repository, so that `import jaxcsb` finds the installed package (with
-    # its native module) rather than the source tree.
-    proc = subprocess.run(
+    proc = run_with_host_devices(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(path)],
+        devices=4,
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     out = proc.stdout + proc.stderr
