@@ -34,30 +34,30 @@ struct SpmmConfig {
   static_assert(kRows * kVec <= 64, "accumulators beyond 64 registers per thread would spill");
 };
 
-// SDDMM: a thread block takes one CSB block, kChunk of its nonzeros at a time (kPer per
-// thread, each with its own float32 accumulator), and walks n in tiles of kTileN, staging the
-// block's kBeta rows of lhs and kBeta columns of rhs for the tile in shared memory.
-template <int kBeta_,     // block size beta
-          int kThreads_,  // threads per thread block
-          int kPer_,      // nonzeros per thread per pass
-          int kTileN_>    // n columns staged per step
+// SDDMM: a thread block owns a kRegion x kRegion square of S (whole CSB blocks) and walks n
+// in tiles of kTileN, staging the region's rows of lhs and columns of rhs in shared memory as
+// float32 rows of kTileN values. Its nonzeros are cut into units of kPer consecutive stored
+// nonzeros of one block, one unit per thread per pass, each nonzero with its own float32
+// accumulator in a register.
+template <int kRegion_>
 struct SddmmConfig {
-  static constexpr int kBeta = kBeta_;
-  static constexpr int kThreads = kThreads_;
-  static constexpr int kPer = kPer_;
-  static constexpr int kTileN = kTileN_;
-  static constexpr int kChunk = kThreads * kPer;
-  // Row stride (in floats) of the staged tiles: 16-byte rows whose groups fall on all 8 bank
-  // groups in turn, which the staggered walk of the kernel relies on.
-  static constexpr int kStride = kTileN;
-  static constexpr size_t kSmemBytes = 2 * size_t{kBeta} * kStride * sizeof(float);
+  static constexpr int kRegion = kRegion_;
+  static constexpr int kThreads = 256;
+  static constexpr int kPer = 8;
+  // A staged row of 32 float32 values spans the 32 banks exactly, in 8 groups of 16 bytes;
+  // the kernel's staggered walk over the groups relies on both numbers.
+  static constexpr int kTileN = 32;
+  static constexpr int kGroups = kTileN / 4;
+  // CSB blocks in a region, at the smallest beta (16).
+  static constexpr int kMaxBlocks = (kRegion / 16) * (kRegion / 16);
+  static constexpr size_t kTileFloats = size_t{kRegion} * kTileN;
+  // Two staged tiles, then per block its first and last nonzero and its units' prefix sum.
+  static constexpr size_t kSmemBytes = 2 * kTileFloats * sizeof(float) + 3 * kMaxBlocks * 4;
 
-  static_assert(kBeta >= 16 && kBeta <= 256 && (kBeta & (kBeta - 1)) == 0,
-                "beta must be a power of two in 16..256");
-  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 1024 threads");
-  static_assert(kTileN >= 16 && (kTileN & (kTileN - 1)) == 0,
-                "the tile is walked in a power-of-two number of 16-byte groups");
-  static_assert(kSmemBytes <= 48 * 1024, "the two staged tiles fit the default shared memory");
+  static_assert(kRegion == 64 || kRegion == 128 || kRegion == 256,
+                "regions of 64, 128 or 256 rows and columns");
+  static_assert(kRegion % 4 == 0 && (kRegion / 4) * kGroups % 32 == 0,
+                "the transposing stage takes whole warps of 4 x 4 pieces");
 };
 
 // The configurations in use. Both kernel families are specialised per beta because the
@@ -90,15 +90,6 @@ struct SelectSpmm<128> {
 template <>
 struct SelectSpmm<256> {
   using type = SpmmConfig<256, 16, 16, 2>;
-};
-
-// SDDMM: 256 threads with 2 nonzeros each cover a typical pruned block (beta 64 at 90%
-// sparsity holds about 400 nonzeros) in one thread block; larger blocks hold 4 per thread so
-// that fewer thread blocks stage the same tiles. The n-tile shrinks as beta grows so that the
-// two staged beta x kTileN float32 tiles stay at 32 KiB.
-template <int kBeta>
-struct SelectSddmm {
-  using type = SddmmConfig<kBeta, 256, (kBeta <= 64 ? 2 : 4), (kBeta <= 64 ? 64 : 64 * 64 / kBeta)>;
 };
 
 }  // namespace jaxcsb::cuda

@@ -1,18 +1,26 @@
 // CUDA SDDMM: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e) of S.
 //
-// A thread block takes kChunk nonzeros of one CSB block (grid x: blocks, grid y: chunks of a
-// block, so the nonzeros of a dense block spread over many thread blocks), kPer per thread,
-// each with a float32 accumulator in a register. It walks n in tiles of kTileN:
-// for each tile it stages the block's beta rows of L and beta columns of R as float32 rows of
-// the tile (converting and, for the n-major layouts, transposing on the way), and every thread
-// adds the tile's products for its nonzeros, reading both rows four values at a time.
+// A thread block owns a square region of S, kRegion x kRegion (whole CSB blocks), and walks n
+// in tiles of 32. Per tile it stages the region's rows of L and columns of R in shared memory
+// as float32, k-contiguous: staged row r holds the tile's 32 values of row r (128 bytes),
+// whatever the operand's layout in global memory (n-major operands are transposed on the way,
+// 4 x 4 values at a time in registers). A staged row of L serves every nonzero of that row of
+// the region and a staged column of R every nonzero of that column: in a 128 x 128 region at
+// 90% sparsity each staged value is read by about 13 nonzeros, which is what keeps the staging
+// traffic (global and shared) small beside the multiply-adds.
 //
-// Bank conflicts: the lanes of a warp hold different nonzeros, so they read different rows of
-// the staged tiles. Lane l starts its walk along the tile at 16-byte group l (and wraps
-// around), so at every step the 8 lanes of a shared-memory phase read 8 different bank groups
-// whatever their rows are. The order of the sum over n therefore depends on the lane, but it
-// is fixed for a given problem: results are bitwise reproducible.
+// The region's nonzeros are cut into units of kPer consecutive stored nonzeros of one block;
+// a thread takes one unit per pass (more passes when the region has more units than threads)
+// and keeps its kPer float32 sums in registers for the whole walk over n. Inside a block the
+// nonzeros are sorted by (row, col), so the nonzeros of a unit mostly share their row: a 16-byte
+// group of that row of L is loaded once for all of them.
+//
+// Bank conflicts: lane l reads 16-byte group (g + l) mod 8 of its rows at step g, so the 8 lanes
+// of a shared-memory phase hit 8 different bank groups whatever rows they read. The order of
+// the sum over n thus depends on the lane, which is fixed for a given problem: results are
+// bitwise reproducible.
 #include <algorithm>
+#include <cstdint>
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
@@ -31,91 +39,176 @@ struct SddmmParams {
   int64_t n;
   int64_t rows;
   int64_t cols;
+  int64_t block_rows;
   int64_t block_cols;
-  int64_t num_blocks;
+  int beta;
+  int64_t region_cols;  // regions per row of the grid of regions
+  int64_t num_regions;
   bool lhs_transposed;
   bool rhs_transposed;
+  bool lhs_vec;  // every 4-value group of lhs staging is aligned for one vector load
+  bool rhs_vec;
 };
 
-// Stages rows [base, base + beta) of a matrix M indexed (row, n), for n in [n0, n0 + kTileN),
-// as float32 into dst[row * kStride + n]; zero outside the matrix. M is stored row-major as
-// (total, n) when `row_major`, else as (n, total). Consecutive threads take consecutive n, so
-// the shared-memory stores never conflict; for the n-major layout the global loads of a warp
-// touch 32 rows, whose cache lines the following rows of the tile then reuse from L1.
-template <typename T, class Cfg>
-__device__ __forceinline__ void stage(float* dst, const T* m, bool row_major, int64_t total,
-                                      int64_t n, int64_t base, int64_t n0) {
-  for (int i = threadIdx.x; i < Cfg::kBeta * Cfg::kTileN; i += Cfg::kThreads) {
-    const int r = i / Cfg::kTileN, k = i % Cfg::kTileN;
-    const int64_t gr = base + r, gk = n0 + k;
-    float v = 0.0f;
-    if (gr < total && gk < n) v = to_float(row_major ? m[gr * n + gk] : m[gk * total + gr]);
-    dst[r * Cfg::kStride + k] = v;
+// Loads src[0 .. min(valid, 4)) as float, zero past `valid`; one vector access when `vec` and
+// all four are inside.
+template <typename T>
+__device__ __forceinline__ void load4(const T* src, int64_t valid, bool vec, float (&v)[4]) {
+  if (vec && valid >= 4) {
+    load_vec<T, 4>(src, v);
+    return;
   }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) v[q] = q < valid ? to_float(src[q]) : 0.0f;
 }
 
-template <typename T, class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads) sddmm_kernel(const SddmmParams p) {
-  constexpr int kBeta = Cfg::kBeta, kPer = Cfg::kPer, kGroups = Cfg::kTileN / 4;
-  __shared__ __align__(16) float ls[kBeta * Cfg::kStride];
-  __shared__ __align__(16) float rs[kBeta * Cfg::kStride];
-  const T* lhs = static_cast<const T*>(p.lhs);
-  const T* rhs = static_cast<const T*>(p.rhs);
-  T* out = static_cast<T*>(p.out);
-  const int lane = threadIdx.x % 32;
+__device__ __forceinline__ void store4(float* dst, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(dst) = make_float4(a, b, c, d);
+}
 
-  for (int64_t b = blockIdx.x; b < p.num_blocks; b += gridDim.x) {
-    int64_t e0, e1;
-    block_range(p.block_ptr, b, p.nnz, &e0, &e1);
-    if (e0 >= e1) continue;
-    const int64_t row_base = b / p.block_cols * kBeta, col_base = b % p.block_cols * kBeta;
-    for (int64_t k0 = e0 + int64_t{blockIdx.y} * Cfg::kChunk; k0 < e1;
-         k0 += int64_t{gridDim.y} * Cfg::kChunk) {
-      int r[kPer], c[kPer];
-      float acc[kPer];
+// Stages lines [base, base + kRegion) of a matrix M indexed (line, n), for n in [n0, n0 + 32),
+// into dst[line * 32 + k] as float32; zero outside M. M is (total, n) row-major when
+// `k_contiguous`, else (n, total).
+template <typename T, class Cfg>
+__device__ __forceinline__ void stage(float* dst, const T* m, bool k_contiguous, bool vec,
+                                      int64_t total, int64_t n, int64_t base, int64_t n0) {
+  constexpr int kGroups = Cfg::kGroups, kTileN = Cfg::kTileN;
+  if (k_contiguous) {
+    // Eight consecutive threads read one line's 128 contiguous bytes and store its 8 groups.
+    for (int i = threadIdx.x; i < Cfg::kRegion * kGroups; i += Cfg::kThreads) {
+      const int line = i / kGroups, g = i % kGroups;
+      const int64_t gl = base + line, gk = n0 + 4 * g;
+      float v[4];
+      load4(m + gl * n + gk, gl < total ? n - gk : 0, vec, v);
+      store4(dst + line * kTileN + 4 * g, v[0], v[1], v[2], v[3]);
+    }
+  } else {
+    // A thread reads 4 lines at 4 consecutive n (contiguous along the lines), transposes them
+    // in registers and stores 4 groups; eight consecutive threads cover one group of lines at
+    // all 8 groups of n, so their stores fall on 8 different bank groups.
+    for (int i = threadIdx.x; i < Cfg::kRegion / 4 * kGroups; i += Cfg::kThreads) {
+      const int l4 = i / kGroups, g = i % kGroups;
+      const int64_t gl = base + 4 * l4;
+      float v[4][4];  // v[q][p]: n0 + 4 g + q, line gl + p
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) {
-        const int64_t e = k0 + threadIdx.x + j * Cfg::kThreads;
-        const uint16_t loc = e < e1 ? p.local[e] : 0;
-        // Masking keeps a corrupt local index inside the staged tiles.
-        r[j] = (loc >> 8) & (kBeta - 1);
-        c[j] = (loc & 0xff) & (kBeta - 1);
-        acc[j] = 0.0f;
-      }
-      for (int64_t n0 = 0; n0 < p.n; n0 += Cfg::kTileN) {
-        __syncthreads();  // the previous tile's reads are done
-        stage<T, Cfg>(ls, lhs, !p.lhs_transposed, p.rows, p.n, row_base, n0);
-        stage<T, Cfg>(rs, rhs, p.rhs_transposed, p.cols, p.n, col_base, n0);
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < kPer; ++j) {
-          const float* lrow = ls + r[j] * Cfg::kStride;
-          const float* rrow = rs + c[j] * Cfg::kStride;
-          float a = acc[j];
-#pragma unroll 4
-          for (int k = 0; k < kGroups; ++k) {
-            const int g = (k + lane) & (kGroups - 1);
-            const float4 x = *reinterpret_cast<const float4*>(lrow + 4 * g);
-            const float4 y = *reinterpret_cast<const float4*>(rrow + 4 * g);
-            a = fmaf(x.x, y.x, a);
-            a = fmaf(x.y, y.y, a);
-            a = fmaf(x.z, y.z, a);
-            a = fmaf(x.w, y.w, a);
-          }
-          acc[j] = a;
-        }
+      for (int q = 0; q < 4; ++q) {
+        const int64_t gk = n0 + 4 * g + q;
+        load4(m + gk * total + gl, gk < n ? total - gl : 0, vec, v[q]);
       }
 #pragma unroll
-      for (int j = 0; j < kPer; ++j) {
-        const int64_t e = k0 + threadIdx.x + j * Cfg::kThreads;
-        if (e < e1) out[e] = from_float<T>(acc[j]);
+      for (int p = 0; p < 4; ++p) {
+        store4(dst + (4 * l4 + p) * kTileN + 4 * g, v[0][p], v[1][p], v[2][p], v[3][p]);
       }
     }
   }
 }
 
 template <typename T, class Cfg>
-cudaError_t launch(const SddmmArgs& a, cudaStream_t stream) {
+__global__ void __launch_bounds__(Cfg::kThreads, 2) sddmm_kernel(const SddmmParams p) {
+  constexpr int kPer = Cfg::kPer, kTileN = Cfg::kTileN, kGroups = Cfg::kGroups;
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* ls = reinterpret_cast<float*>(smem);
+  float* rs = ls + Cfg::kTileFloats;
+  int* first = reinterpret_cast<int*>(rs + Cfg::kTileFloats);  // per block of the region
+  int* last = first + Cfg::kMaxBlocks;
+  int* units_end = last + Cfg::kMaxBlocks;  // inclusive prefix sum of the blocks' units
+  const T* lhs = static_cast<const T*>(p.lhs);
+  const T* rhs = static_cast<const T*>(p.rhs);
+  T* out = static_cast<T*>(p.out);
+  const int lane = threadIdx.x % 32;
+  const int span = Cfg::kRegion / p.beta;  // blocks per side of a region
+  const int num_blocks = span * span;
+
+  for (int64_t region = blockIdx.x; region < p.num_regions; region += gridDim.x) {
+    const int64_t rr = region / p.region_cols, rc = region % p.region_cols;
+    __syncthreads();  // the previous region's tables are no longer read
+    for (int j = threadIdx.x; j < num_blocks; j += Cfg::kThreads) {
+      const int64_t bi = rr * span + j / span, bj = rc * span + j % span;
+      int64_t e0 = 0, e1 = 0;
+      if (bi < p.block_rows && bj < p.block_cols) {
+        block_range(p.block_ptr, bi * p.block_cols + bj, p.nnz, &e0, &e1);
+      }
+      first[j] = static_cast<int>(e0);
+      last[j] = static_cast<int>(e1);
+      units_end[j] = static_cast<int>((e1 - e0 + kPer - 1) / kPer);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int j = 1; j < num_blocks; ++j) units_end[j] += units_end[j - 1];
+    }
+    __syncthreads();
+    const int units = units_end[num_blocks - 1];
+
+    for (int u0 = 0; u0 < units; u0 += Cfg::kThreads) {
+      const int u = u0 + threadIdx.x;
+      const bool active = u < units;
+      // This thread's nonzeros [e_begin, e_begin + count) and their staged rows (offsets).
+      int64_t e_begin = 0;
+      int count = 0;
+      int lo[kPer], ro[kPer];
+      unsigned reload = 1;  // bit s: nonzero s starts a new row of L
+      if (active) {
+        int j = 0;
+        while (units_end[j] <= u) ++j;
+        e_begin = first[j] + int64_t{u - (j ? units_end[j - 1] : 0)} * kPer;
+        count = static_cast<int>(min(int64_t{kPer}, last[j] - e_begin));
+        const int row0 = j / span * p.beta, col0 = j % span * p.beta;
+#pragma unroll
+        for (int s = 0; s < kPer; ++s) {
+          const uint16_t loc = p.local[e_begin + min(s, count - 1)];
+          // Masking keeps a corrupt local index inside the staged tiles.
+          lo[s] = (row0 + (local_row(loc) & (p.beta - 1))) * kTileN;
+          ro[s] = (col0 + (local_col(loc) & (p.beta - 1))) * kTileN;
+          if (s > 0 && lo[s] != lo[s - 1]) reload |= 1u << s;
+        }
+      } else {
+#pragma unroll
+        for (int s = 0; s < kPer; ++s) lo[s] = ro[s] = 0;
+      }
+      float acc[kPer];
+#pragma unroll
+      for (int s = 0; s < kPer; ++s) acc[s] = 0.0f;
+
+      for (int64_t n0 = 0; n0 < p.n; n0 += kTileN) {
+        __syncthreads();  // the previous tile's reads are done
+        stage<T, Cfg>(ls, lhs, !p.lhs_transposed, p.lhs_vec, p.rows, p.n, rr * Cfg::kRegion, n0);
+        stage<T, Cfg>(rs, rhs, p.rhs_transposed, p.rhs_vec, p.cols, p.n, rc * Cfg::kRegion, n0);
+        __syncthreads();
+        if (!active) continue;
+#pragma unroll
+        for (int step = 0; step < kGroups; ++step) {
+          const int g = 4 * ((step + lane) % kGroups);
+          float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+          for (int s = 0; s < kPer; ++s) {
+            if (reload >> s & 1u) x = *reinterpret_cast<const float4*>(ls + lo[s] + g);
+            const float4 y = *reinterpret_cast<const float4*>(rs + ro[s] + g);
+            float a = acc[s];
+            a = fmaf(x.x, y.x, a);
+            a = fmaf(x.y, y.y, a);
+            a = fmaf(x.z, y.z, a);
+            a = fmaf(x.w, y.w, a);
+            acc[s] = a;
+          }
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < kPer; ++s) {
+        if (s < count) out[e_begin + s] = from_float<T>(acc[s]);
+      }
+    }
+  }
+}
+
+// Whether every 4-value group that `stage` reads from M can be one aligned vector load: the
+// groups start at multiples of 4 values along M's contiguous axis, of length `contiguous`.
+template <typename T>
+bool vector_groups(const void* m, int64_t contiguous) {
+  return contiguous % 4 == 0 && reinterpret_cast<uintptr_t>(m) % (4 * sizeof(T)) == 0;
+}
+
+template <typename T, class Cfg>
+cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
   SddmmParams p{};
   p.block_ptr = a.block_ptr;
   p.local = a.local;
@@ -126,38 +219,59 @@ cudaError_t launch(const SddmmArgs& a, cudaStream_t stream) {
   p.n = a.n;
   p.rows = a.shape.rows;
   p.cols = a.shape.cols;
+  p.block_rows = a.shape.block_rows();
   p.block_cols = a.shape.block_cols();
-  p.num_blocks = a.shape.num_blocks();
+  p.beta = a.shape.block_size;
+  const int64_t span = Cfg::kRegion / p.beta;
+  p.region_cols = (p.block_cols + span - 1) / span;
+  p.num_regions = (p.block_rows + span - 1) / span * p.region_cols;
   p.lhs_transposed = a.lhs_transposed;
   p.rhs_transposed = a.rhs_transposed;
-  // x: CSB blocks (a grid-stride loop covers more than 2^31 - 1); y: chunks of one block, as
-  // many as a full beta x beta block has. Thread blocks past a block's last chunk exit at once.
-  const int64_t grid_x = std::min<int64_t>(p.num_blocks, INT32_MAX);
-  const int grid_y = (Cfg::kBeta * Cfg::kBeta + Cfg::kChunk - 1) / Cfg::kChunk;
+  p.lhs_vec = vector_groups<T>(a.lhs, a.lhs_transposed ? p.rows : p.n);
+  p.rhs_vec = vector_groups<T>(a.rhs, a.rhs_transposed ? p.n : p.cols);
+
+  constexpr size_t smem = Cfg::kSmemBytes;
+  if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
+  cudaError_t err = allow_smem<sddmm_kernel<T, Cfg>>(dev.device, smem);
+  if (err != cudaSuccess) return err;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y), 1);
+  // A grid-stride loop covers more than 2^31 - 1 regions.
+  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(p.num_regions, INT32_MAX)), 1, 1);
   config.blockDim = dim3(Cfg::kThreads, 1, 1);
+  config.dynamicSmemBytes = smem;
   config.stream = stream;
   return launch_kernel(config, sddmm_kernel<T, Cfg>, p);
+}
+
+// Regions of 128 x 128 share each staged value among twice the nonzeros of 64 x 64 ones, but a
+// small matrix then has fewer regions than the device has room for thread blocks (two per
+// multiprocessor): below that, beta <= 64 takes 64 x 64 regions. Larger blocks are their own
+// region.
+template <typename T>
+cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
+  const int beta = a.shape.block_size;
+  if (beta == 256) return launch<T, SddmmConfig<256>>(a, dev, stream);
+  if (beta == 128) return launch<T, SddmmConfig<128>>(a, dev, stream);
+  const int64_t span = 128 / beta;
+  const int64_t regions128 =
+      (a.shape.block_rows() + span - 1) / span * ((a.shape.block_cols() + span - 1) / span);
+  if (regions128 < 2 * int64_t{dev.num_sms}) return launch<T, SddmmConfig<64>>(a, dev, stream);
+  return launch<T, SddmmConfig<128>>(a, dev, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream) {
-  (void)dev;
   if (args.nnz == 0) return cudaSuccess;
   if (args.n == 0 || args.shape.num_blocks() == 0) {
     // An empty sum: zeros (all-zero bits in every supported type).
     const int64_t bytes = args.nnz * (args.dtype == DType::kF32 ? 4 : 2);
     return cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
   }
-  return dispatch_dtype(args.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    return dispatch_beta(args.shape.block_size, [&](auto beta) {
-      using Cfg = typename SelectSddmm<decltype(beta)::value>::type;
-      return launch<T, Cfg>(args, stream);
-    });
-  });
+  const int beta = args.shape.block_size;
+  if (beta < 16 || beta > 256 || (beta & (beta - 1)) != 0) return cudaErrorInvalidValue;
+  return dispatch_dtype(
+      args.dtype, [&](auto tag) { return launch_for_beta<decltype(tag)>(args, dev, stream); });
 }
 
 }  // namespace jaxcsb::cuda

@@ -26,7 +26,6 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
@@ -408,22 +407,6 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
       __syncthreads();
     }
   }
-}
-
-// Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB,
-// once per device: later launches (possibly inside a CUDA-graph capture) make no such call.
-// The kernel is a template argument so that every kernel has its own record (their function
-// pointer types are all the same).
-template <auto kKernel>
-cudaError_t allow_smem(int device, size_t smem) {
-  if (smem <= 48 * 1024) return cudaSuccess;
-  static std::atomic<bool> done[64];
-  const bool cached = device >= 0 && device < 64;
-  if (cached && done[device].load(std::memory_order_acquire)) return cudaSuccess;
-  cudaError_t err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
-  if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
-  return err;
 }
 
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>

@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -22,6 +24,22 @@ cudaError_t launch_kernel(const cudaLaunchConfig_t& config, void (*kernel)(Param
                           Args&&... args) {
   const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (err != cudaSuccess) cudaGetLastError();
+  return err;
+}
+
+// Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB,
+// once per device: later launches (possibly inside a CUDA-graph capture) make no such call.
+// The kernel is a template argument so that every kernel has its own record (their function
+// pointer types are all the same).
+template <auto kKernel>
+cudaError_t allow_smem(int device, size_t smem) {
+  if (smem <= 48 * 1024) return cudaSuccess;
+  static std::atomic<bool> done[64];
+  const bool cached = device >= 0 && device < 64;
+  if (cached && done[device].load(std::memory_order_acquire)) return cudaSuccess;
+  cudaError_t err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+  if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
   return err;
 }
 

@@ -467,8 +467,10 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
                   same ? "yes" : "NO");
     }
   }
+  // SDDMM in the two layouts of the weight gradient: feature-major (dC (M, N), B (K, N)) and
+  // batch-leading (dY (N, M), X (N, K)).
   for (int lt = 0; lt < 2; ++lt) {
-    const SddmmArgs a = sddmm_args(m, dm, t, n, lt, false, d_in, d_in2, d_out);
+    const SddmmArgs a = sddmm_args(m, dm, t, n, lt, !lt, d_in, d_in2, d_out);
     auto launch = [&] { return launch_sddmm(a, dev, nullptr); };
     const float ms = time_ms(launch);
     bool same = false;
@@ -476,8 +478,8 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
     run_repeatedly(d_out, nnz * 4, launch, 3, &same, &err);
     CHECK_CUDA(err);
     bad += !same;
-    std::printf("sddmm lhs_t=%d        %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n", lt, ms,
-                flop / ms / 1e9, same ? "yes" : "NO");
+    std::printf("sddmm %-15s %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
+                lt ? "batch-leading" : "feature-major", ms, flop / ms / 1e9, same ? "yes" : "NO");
   }
   cudaFree(d_in);
   cudaFree(d_in2);
