@@ -42,7 +42,10 @@ struct SpmmConfig {
 template <int kRegion_>
 struct SddmmConfig {
   static constexpr int kRegion = kRegion_;
-  static constexpr int kThreads = 256;
+  // Two threads per staged line: each moves 16 values of each operand per tile.
+  static constexpr int kThreads = 2 * kRegion;
+  // 128 registers per thread (the whole register file at 512 threads per multiprocessor).
+  static constexpr int kMinBlocks = 512 / kThreads;
   static constexpr int kPer = 8;
   // A staged row of 32 float32 values spans the 32 banks exactly, in 8 groups of 16 bytes;
   // the kernel's staggered walk over the groups relies on both numbers.
@@ -56,8 +59,8 @@ struct SddmmConfig {
 
   static_assert(kRegion == 64 || kRegion == 128 || kRegion == 256,
                 "regions of 64, 128 or 256 rows and columns");
-  static_assert(kRegion % 4 == 0 && (kRegion / 4) * kGroups % 32 == 0,
-                "the transposing stage takes whole warps of 4 x 4 pieces");
+  static_assert(kGroups == 8 && (kRegion / 4) * kGroups == kThreads,
+                "the staging gives every thread four groups, or one 4 x 4 piece, per operand");
 };
 
 // The configurations in use. Both kernel families are specialised per beta because the

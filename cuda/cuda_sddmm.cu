@@ -66,45 +66,62 @@ __device__ __forceinline__ void store4(float* dst, float a, float b, float c, fl
   *reinterpret_cast<float4*>(dst) = make_float4(a, b, c, d);
 }
 
-// Stages lines [base, base + kRegion) of a matrix M indexed (line, n), for n in [n0, n0 + 32),
-// into dst[line * 32 + k] as float32; zero outside M. M is (total, n) row-major when
-// `k_contiguous`, else (n, total).
+// Staging of one operand's tile: lines [base, base + kRegion) of a matrix M indexed
+// (line, n), for n in [n0, n0 + 32), go to dst[line * 32 + k] as float32, zero outside M. M is
+// (total, n) row-major when `k_contiguous`, else (n, total). Every thread moves 16 values, which
+// it loads into registers (load_tile) one tile ahead, while the current tile is multiplied,
+// and stores once that tile's reads are done (store_tile).
+//
+// k-contiguous: item q of a thread is one 4-value group of one line; eight consecutive threads
+// read a line's 128 contiguous bytes and store its 8 groups. n-major: a thread reads 4 lines at
+// 4 consecutive n (contiguous along the lines) and stores them transposed, 4 groups; eight
+// consecutive threads cover one group of lines at all 8 groups of n. Either way the 8 lanes of a
+// store phase hit 8 different bank groups.
+using Staged = float[4][4];
+
 template <typename T, class Cfg>
-__device__ __forceinline__ void stage(float* dst, const T* m, bool k_contiguous, bool vec,
-                                      int64_t total, int64_t n, int64_t base, int64_t n0) {
-  constexpr int kGroups = Cfg::kGroups, kTileN = Cfg::kTileN;
+__device__ __forceinline__ void load_tile(Staged& v, const T* m, bool k_contiguous, bool vec,
+                                          int64_t total, int64_t n, int64_t base, int64_t n0) {
+  constexpr int kGroups = Cfg::kGroups;
   if (k_contiguous) {
-    // Eight consecutive threads read one line's 128 contiguous bytes and store its 8 groups.
-    for (int i = threadIdx.x; i < Cfg::kRegion * kGroups; i += Cfg::kThreads) {
-      const int line = i / kGroups, g = i % kGroups;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int i = threadIdx.x + q * Cfg::kThreads, line = i / kGroups, g = i % kGroups;
       const int64_t gl = base + line, gk = n0 + 4 * g;
-      float v[4];
-      load4(m + gl * n + gk, gl < total ? n - gk : 0, vec, v);
-      store4(dst + line * kTileN + 4 * g, v[0], v[1], v[2], v[3]);
+      load4(m + gl * n + gk, gl < total ? n - gk : 0, vec, v[q]);
     }
   } else {
-    // A thread reads 4 lines at 4 consecutive n (contiguous along the lines), transposes them
-    // in registers and stores 4 groups; eight consecutive threads cover one group of lines at
-    // all 8 groups of n, so their stores fall on 8 different bank groups.
-    for (int i = threadIdx.x; i < Cfg::kRegion / 4 * kGroups; i += Cfg::kThreads) {
-      const int l4 = i / kGroups, g = i % kGroups;
-      const int64_t gl = base + 4 * l4;
-      float v[4][4];  // v[q][p]: n0 + 4 g + q, line gl + p
+    const int l4 = threadIdx.x / kGroups, g = threadIdx.x % kGroups;
+    const int64_t gl = base + 4 * l4;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int64_t gk = n0 + 4 * g + q;
-        load4(m + gk * total + gl, gk < n ? total - gl : 0, vec, v[q]);
-      }
+    for (int q = 0; q < 4; ++q) {  // v[q][p]: n0 + 4 g + q, line gl + p
+      const int64_t gk = n0 + 4 * g + q;
+      load4(m + gk * total + gl, gk < n ? total - gl : 0, vec, v[q]);
+    }
+  }
+}
+
+template <class Cfg>
+__device__ __forceinline__ void store_tile(float* dst, const Staged& v, bool k_contiguous) {
+  constexpr int kGroups = Cfg::kGroups, kTileN = Cfg::kTileN;
+  if (k_contiguous) {
 #pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        store4(dst + (4 * l4 + p) * kTileN + 4 * g, v[0][p], v[1][p], v[2][p], v[3][p]);
-      }
+    for (int q = 0; q < 4; ++q) {
+      const int i = threadIdx.x + q * Cfg::kThreads, line = i / kGroups, g = i % kGroups;
+      store4(dst + line * kTileN + 4 * g, v[q][0], v[q][1], v[q][2], v[q][3]);
+    }
+  } else {
+    const int l4 = threadIdx.x / kGroups, g = threadIdx.x % kGroups;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      store4(dst + (4 * l4 + p) * kTileN + 4 * g, v[0][p], v[1][p], v[2][p], v[3][p]);
     }
   }
 }
 
 template <typename T, class Cfg>
-__global__ void __launch_bounds__(Cfg::kThreads, 2) sddmm_kernel(const SddmmParams p) {
+__global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
+    sddmm_kernel(const SddmmParams p) {
   constexpr int kPer = Cfg::kPer, kTileN = Cfg::kTileN, kGroups = Cfg::kGroups;
   extern __shared__ __align__(16) unsigned char smem[];
   float* ls = reinterpret_cast<float*>(smem);
@@ -145,7 +162,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 2) sddmm_kernel(const SddmmPara
       // This thread's nonzeros [e_begin, e_begin + count) and their staged rows (offsets).
       int64_t e_begin = 0;
       int count = 0;
-      int lo[kPer], ro[kPer];
+      // Offsets of each nonzero's staged row of L (low 16 bits) and of R (high 16 bits).
+      uint32_t off[kPer];
       unsigned reload = 1;  // bit s: nonzero s starts a new row of L
       if (active) {
         int j = 0;
@@ -157,32 +175,42 @@ __global__ void __launch_bounds__(Cfg::kThreads, 2) sddmm_kernel(const SddmmPara
         for (int s = 0; s < kPer; ++s) {
           const uint16_t loc = p.local[e_begin + min(s, count - 1)];
           // Masking keeps a corrupt local index inside the staged tiles.
-          lo[s] = (row0 + (local_row(loc) & (p.beta - 1))) * kTileN;
-          ro[s] = (col0 + (local_col(loc) & (p.beta - 1))) * kTileN;
-          if (s > 0 && lo[s] != lo[s - 1]) reload |= 1u << s;
+          const uint32_t lo = (row0 + (local_row(loc) & (p.beta - 1))) * kTileN;
+          const uint32_t ro = (col0 + (local_col(loc) & (p.beta - 1))) * kTileN;
+          off[s] = lo | ro << 16;
+          if (s > 0 && (off[s] ^ off[s - 1]) & 0xffffu) reload |= 1u << s;
         }
       } else {
 #pragma unroll
-        for (int s = 0; s < kPer; ++s) lo[s] = ro[s] = 0;
+        for (int s = 0; s < kPer; ++s) off[s] = 0;
       }
       float acc[kPer];
 #pragma unroll
       for (int s = 0; s < kPer; ++s) acc[s] = 0.0f;
 
+      const bool lhs_k = !p.lhs_transposed, rhs_k = p.rhs_transposed;
+      const int64_t lhs_base = rr * Cfg::kRegion, rhs_base = rc * Cfg::kRegion;
+      Staged lv, rv;
+      load_tile<T, Cfg>(lv, lhs, lhs_k, p.lhs_vec, p.rows, p.n, lhs_base, 0);
+      load_tile<T, Cfg>(rv, rhs, rhs_k, p.rhs_vec, p.cols, p.n, rhs_base, 0);
       for (int64_t n0 = 0; n0 < p.n; n0 += kTileN) {
         __syncthreads();  // the previous tile's reads are done
-        stage<T, Cfg>(ls, lhs, !p.lhs_transposed, p.lhs_vec, p.rows, p.n, rr * Cfg::kRegion, n0);
-        stage<T, Cfg>(rs, rhs, p.rhs_transposed, p.rhs_vec, p.cols, p.n, rc * Cfg::kRegion, n0);
+        store_tile<Cfg>(ls, lv, lhs_k);
+        store_tile<Cfg>(rs, rv, rhs_k);
         __syncthreads();
+        if (n0 + kTileN < p.n) {  // the next tile's loads overlap this tile's multiply-adds
+          load_tile<T, Cfg>(lv, lhs, lhs_k, p.lhs_vec, p.rows, p.n, lhs_base, n0 + kTileN);
+          load_tile<T, Cfg>(rv, rhs, rhs_k, p.rhs_vec, p.cols, p.n, rhs_base, n0 + kTileN);
+        }
         if (!active) continue;
-#pragma unroll
+#pragma unroll 4
         for (int step = 0; step < kGroups; ++step) {
           const int g = 4 * ((step + lane) % kGroups);
           float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
           for (int s = 0; s < kPer; ++s) {
-            if (reload >> s & 1u) x = *reinterpret_cast<const float4*>(ls + lo[s] + g);
-            const float4 y = *reinterpret_cast<const float4*>(rs + ro[s] + g);
+            if (reload >> s & 1u) x = *reinterpret_cast<const float4*>(ls + (off[s] & 0xffffu) + g);
+            const float4 y = *reinterpret_cast<const float4*>(rs + (off[s] >> 16) + g);
             float a = acc[s];
             a = fmaf(x.x, y.x, a);
             a = fmaf(x.y, y.y, a);
