@@ -136,8 +136,10 @@ def time_peers(checked: dict, problem, settings: Settings) -> None:
     """Times the checked peers (name -> (record, (timer, prep))) in ``settings.rounds``
     rounds that take turns over them, each round a share of every peer's budget, and fills
     their records: a change in the machine's load during a case then reaches every peer
-    alike instead of whichever ran at the time. The time is the median of the rounds'
-    medians; min_ms the fastest repeat of all."""
+    alike instead of whichever ran at the time. The single-call estimate is taken once and a
+    JAX loop's trip count calibrated once (in the first round), so every round times the
+    same repeat. The time is the median of the rounds' medians; min_ms the fastest repeat of
+    all."""
     rounds = max(1, settings.rounds)
     estimates, timings = {}, {name: [] for name in checked}
     for name, (rec, (timer, _)) in checked.items():

@@ -12,7 +12,8 @@ Three methods (docs/benchmarks.md explains the choice):
   The same program without the product (cached per operand shapes, shared by the peers) runs
   interleaved with it and is subtracted: what remains is the products' time, free of dispatch
   and loop overhead. Each iteration may cycle through ``copies`` separate copies of the stored
-  matrix, so that they do not stay resident in the L2 cache.
+  matrix, so that they do not stay resident in the L2 cache. The trip count is calibrated
+  once per timer (``_trip_count``) and reused by every round.
 * ``calls`` (JAX, default on CPUs): each repeat is one call followed by
   ``block_until_ready``; CPU products take milliseconds, so dispatch is noise.
 * ``dispatch`` (JAX, the fallback when the loop program fails): ``inner`` calls queued back to
@@ -36,6 +37,14 @@ import numpy as np
 from .peers import Prepared
 
 UNROLL = 8  # products per loop iteration: amortises the loop condition's round trip
+
+# Trip-count calibration (_trip_count). One pair of calls is a noisy measurement, and a step
+# scaled from a difference near zero would jump to --max-inner (0.3-1.7 s a call on GPUs,
+# where 10 ms was asked for): no step grows the trip count more than GROWTH times, and a
+# difference below NOISE x the empty program's time is only read as "too short".
+GROWTH = 8
+NOISE = 0.1
+STEPS = 10  # pairs at most: 3 steps of GROWTH span 1 to the default cap, the rest allow doubling
 
 
 @dataclass
@@ -124,6 +133,26 @@ def _copy_tree(tree):
     return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
 
 
+def _trip_count(pair, outer, cap, per_round, target_s) -> tuple[int, float]:
+    """The trip count whose products (``1 + outer * per_round`` a call) take about
+    ``target_s`` (at least half; fewer only at ``cap`` or after STEPS pairs), and the seconds
+    of one pair of calls at it, for sizing the repeats. ``pair(outer)`` runs the warm product
+    and empty programs and returns their wall times."""
+    for step in range(1, STEPS + 1):
+        total, bare = pair(outer)
+        diff = total - bare
+        if diff >= 0.5 * target_s or outer == cap or step == STEPS:
+            break
+        if diff > NOISE * bare:
+            per_product = diff / (1 + outer * per_round)
+            want = math.ceil(target_s / (per_product * per_round))
+        else:
+            want = 2 * outer  # lost in the noise: all it says is that the call was short
+        # At least double, so that a low reading cannot stall the calibration.
+        outer = _clamp(want, 2 * outer, min(GROWTH * outer, cap))
+    return outer, total + bare
+
+
 class _JaxLoop:
     def __init__(self, prep: Prepared, copies: int):
         self.prep = prep
@@ -132,6 +161,7 @@ class _JaxLoop:
         self.copies = copies
         self.scalars = (jnp.asarray(np.float32(0)), jnp.asarray(np.int32(0)))  # eps, idx
         self.program = _program(prep.fn)
+        self._calibrated = {}  # (target_s, max_inner) -> (trip count, seconds of one pair)
 
     def _call(self, program, weights, outer):
         outer = jnp.asarray(np.int32(outer))
@@ -147,25 +177,26 @@ class _JaxLoop:
 
     def measure(self, est, target_s, budget_s, max_inner) -> Timing:
         empty, none = _empty_program(), [None] * self.copies
-        self._call(empty, none, 0)  # compile the empty program (shared across peers)
-        per_round = UNROLL * self.copies
-        cap = max(1, max_inner // per_round)
-        # One call costs dispatch, the operand copy into the loop and the products, so the
-        # single-call estimate says little about one product: grow the trip count until the
-        # products (total minus empty) fill about target_s, or the cap is reached.
-        outer = _clamp(target_s / (est * per_round), 1, cap)
-        for _ in range(6):
-            total, bare = self._pair(empty, none, outer)  # the first pair also warms up
-            products = 1 + outer * per_round
-            if total - bare >= 0.5 * target_s or outer == cap:
-                break
-            per_product = max((total - bare) / products, 1e-7)
-            outer = _clamp(math.ceil(target_s / (per_product * per_round)), 2 * outer, cap)
-        products = 1 + outer * per_round
-        reps = _clamp(budget_s / max(total + bare, 1e-6), 3, 30)
+        pair = functools.partial(self._pair, empty, none)
+        # Calibrated in the first round only: the later rounds time the same programs on the
+        # same operands, and recalibrating would repeat the cost (and the risk) each round.
+        key = (target_s, max_inner)
+        if key not in self._calibrated:
+            per_round = UNROLL * self.copies
+            cap = max(1, max_inner // per_round)
+            # One call costs dispatch and the operand copy besides the product, so the
+            # single-call estimate makes a start that is too small rather than too large.
+            start = _clamp(target_s / (est * per_round), 1, cap)
+            # Untimed: the first run of a loop (and the empty program's compilation, shared
+            # across peers) must not be read as the products' time or as its absence.
+            pair(start)
+            self._calibrated[key] = _trip_count(pair, start, cap, per_round, target_s)
+        outer, pair_s = self._calibrated[key]
+        products = 1 + outer * UNROLL * self.copies
+        reps = _clamp(budget_s / max(pair_s, 1e-6), 3, 30)
         diffs, empties = [], []
         for _ in range(reps):
-            total, bare = self._pair(empty, none, outer)
+            total, bare = pair(outer)
             diffs.append(total - bare)
             empties.append(bare)
         diff = statistics.median(diffs)
