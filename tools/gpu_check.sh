@@ -13,7 +13,8 @@
 #   sanitize  compute-sanitizer memcheck, racecheck, initcheck, synccheck over the small check
 #   bench     kernel_check bench (CUDA events) and tools/gpu_bench_kernels.py (jaxcsb through
 #             JAX beside torch.sparse CSR and dense), with determinism checks (bench*.log)
-# KERNEL_CHECK_BIN=path uses a prebuilt kernel_check instead of building one.
+# KERNEL_CHECK_BIN=path uses a prebuilt kernel_check instead of building one. The exit status is
+# 0 when every step passed, 1 otherwise (summary.txt ends with PASS or FAIL).
 set -u -o pipefail
 
 OUT=${1:?usage: tools/gpu_check.sh OUTDIR}
@@ -26,6 +27,7 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 export PYTHONUNBUFFERED=1
 
+FAILED=0  # the exit status: 1 once any step failed
 note() { echo "$*" | tee -a "$SUMMARY"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 # Runs a step with a log, records its status and duration in the summary.
@@ -35,12 +37,17 @@ step() {
   local t0=$SECONDS
   "$@" >"$OUT/$log" 2>&1
   local rc=$?
+  [ $rc = 0 ] || FAILED=1
   note "$(printf '%-10s %s  (%ds, log %s)' "$name" "$([ $rc = 0 ] && echo PASS || echo "FAIL rc=$rc")" $((SECONDS - t0)) "$log")"
   return $rc
 }
 
 REV=$(git rev-parse --short HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || REV="$REV+dirty"; }
-note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) ${REV:-}"
+# A fingerprint of the sources that the check exercises, which does not depend on the git
+# metadata travelling with a copied tree: compare with the same line run on a checkout.
+SRC=$(find cuda jaxcsb tools/kernel_check.cu -type f \( -name '*.cu' -o -name '*.h' -o -name '*.cc' \
+  -o -name '*.py' \) | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-12)
+note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) ${REV:-} sources $SRC"
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 note "$($PY -c 'import jax, sys; print("python", sys.version.split()[0], "jax", jax.__version__)' 2>&1 | tail -1)"
 
@@ -70,7 +77,10 @@ if has pytest; then
     timeout "${PYTEST_TIMEOUT:-420}" $PY -P -m pytest python_tests -q -p no:cacheprovider \
     "${XDIST[@]}"
   # The suite must have found the CUDA module: a fallback run tests nothing of it.
-  grep -q "built without CUDA support" "$OUT/pytest.log" && note "pytest     FAIL: jaxcsb._cuda was not imported"
+  if grep -q "built without CUDA support" "$OUT/pytest.log"; then
+    FAILED=1
+    note "pytest     FAIL: jaxcsb._cuda was not imported"
+  fi
   note "           $(grep -E '^(FAILED|ERROR)|[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)"
 fi
 
@@ -96,4 +106,5 @@ if has bench; then
     $PY tools/gpu_bench_kernels.py
   sed -n '/^product/,$p' "$OUT/bench_peers.log" | tee -a "$SUMMARY"
 fi
-note "done in ${SECONDS}s"
+note "done in ${SECONDS}s: $([ $FAILED = 0 ] && echo PASS || echo FAIL)"
+exit $FAILED
