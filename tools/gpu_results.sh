@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU results of the README, regenerated: the benchmark's target preset, the Transformer
-# example dense vs sparse, and (with two or more GPUs) its scaling over the GPUs. Assumes
+# The GPU results of the README, regenerated: the main job, the benchmark's target preset, the
+# Transformer example dense vs sparse, and (with two or more GPUs) its scaling over the GPUs. Assumes
 # jaxcsb is installed with CUDA (tools/gpu_check.sh builds it). Outputs go to OUTDIR.
 #
 #   tools/gpu_results.sh OUTDIR
 #
 # Steps (GPU_RESULTS_STEPS selects a subset, default all of them):
+#   mlp          models/mlp_digits.py, the main job, on the GPU
 #   bench        jaxcsb-bench --preset gpu-targets (DLMC from JAXCSB_DLMC_DIR or data/dlmc)
 #   transformer  models/transformer_lm.py --preset gpu at 90% (fewer steps: timings, not accuracy)
 #   scaling      models/transformer_scaling.py --preset gpu --batch-size 64 (2+ GPUs only)
@@ -17,7 +18,7 @@ OUT=${1:?usage: tools/gpu_results.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-STEPS=${GPU_RESULTS_STEPS:-bench transformer scaling}
+STEPS=${GPU_RESULTS_STEPS:-mlp bench transformer scaling}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # NVLink multicast stays off: it can take a shared host's GPUs out of service.
@@ -27,6 +28,10 @@ DLMC=${JAXCSB_DLMC_DIR:-$REPO/data/dlmc}
 # Outside the repository, so that the installed package (with its CUDA module) is imported.
 cd "$OUT" || exit 1
 
+if has mlp; then
+  $PY "$REPO/models/mlp_digits.py" --no-progress --json "$OUT/mlp_digits_gpu.json" 2>&1 |
+    tee "$OUT/mlp.log"
+fi
 if has bench; then
   DLMC_ARGS=()
   [ -d "$DLMC" ] && DLMC_ARGS=(--dlmc "$DLMC")
