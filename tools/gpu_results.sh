@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU results of the README, regenerated: the main job, the benchmark's target preset, the
-# Transformer example dense vs sparse, and (with two or more GPUs) its scaling over the GPUs. Assumes
-# jaxcsb is installed with CUDA (tools/gpu_check.sh builds it). Outputs go to OUTDIR.
+# Transformer example dense vs sparse, and (with two or more GPUs) its scaling over the GPUs.
+# Assumes jaxcsb is installed with CUDA (tools/gpu_check.sh builds it). Outputs go to OUTDIR.
 #
 #   tools/gpu_results.sh OUTDIR
 #
