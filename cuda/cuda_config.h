@@ -63,6 +63,24 @@ struct SddmmConfig {
                 "the staging gives every thread four groups, or one 4 x 4 piece, per operand");
 };
 
+// Narrow-n SpMM (cuda_spmm_narrow.h): warps that each own whole CSB blocks, at block sizes up
+// to kNarrowMaxBeta, in tiles of n up to kNarrowMaxTile wide (a warp stages its block's
+// beta x tile slice of D and keeps a beta x tile partial tile: 35 KiB at beta 64 and tile 64).
+// At most kNarrowMaxWarps warps and kNarrowSmemBudget bytes per thread block, so that two
+// thread blocks fit on a multiprocessor.
+constexpr int kNarrowMaxBeta = 64;
+constexpr int kNarrowMaxTile = 64;
+constexpr int kNarrowMaxWarps = 8;
+constexpr size_t kNarrowSmemBudget = 96 * 1024;
+
+// Whether the heuristic picks the narrow kernel: where it was faster than the wide one on an
+// H100/H200 (bfloat16 and float32, 4096 x 4096 and 4096 x 1024 at 90%, beta 64: forward 2.5-10x
+// faster up to n = 32 and 1.8x slower at 64; transposed 1.1-6x faster up to n = 16 and up to 1.5x
+// slower at 32). The transposed walk costs more per nonzero (see cuda_spmm_narrow.h).
+constexpr bool narrow_n_preferred(long long n, int beta, bool transpose) {
+  return beta <= kNarrowMaxBeta && n <= (transpose ? 16 : 32);
+}
+
 // The configurations in use. Both kernel families are specialised per beta because the
 // accumulators are register arrays whose sizes must be compile-time constants.
 //

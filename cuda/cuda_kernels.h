@@ -61,9 +61,14 @@ struct DeviceInfo {
 // Returns the properties of the device that owns `stream`, cached per device (thread-safe).
 cudaError_t device_info(cudaStream_t stream, DeviceInfo* info);
 
-// Tile configuration forced by tests and benchmarks; kAuto lets the heuristic choose.
+// The SpMM kernel family: wide n (a thread block per line and 128-column tile of n) or narrow
+// n (a warp per CSB block, for small n at block sizes up to 64; see cuda_config.h).
+enum class SpmmKernel { kAuto, kWide, kNarrow };
+
+// Configuration forced by tests and benchmarks; the defaults let the heuristics choose.
 struct SpmmOptions {
   int cluster = 0;  // CTAs that split one line (1, 2, 4 or 8); 0 = heuristic
+  SpmmKernel kernel = SpmmKernel::kAuto;
 };
 
 cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,

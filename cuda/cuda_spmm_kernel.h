@@ -29,6 +29,7 @@
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
+#include "cuda_spmm_narrow.h"
 #include "cuda_utils.h"
 
 namespace cg = cooperative_groups;
@@ -36,23 +37,9 @@ namespace cg = cooperative_groups;
 namespace jaxcsb::cuda {
 namespace spmm_detail {
 
-struct SpmmParams {
-  const int32_t* block_ptr;
-  const uint16_t* local;
-  const void* values;
+struct SpmmParams : LineParams {
   const int32_t* units;
-  const void* dense;
-  void* out;
-  int64_t nnz;
-  int64_t n;
-  int64_t in_dim;
-  int64_t out_dim;
   int64_t num_units;
-  int64_t num_lines;
-  int64_t line_length;
-  int64_t block_cols;
-  int64_t num_tiles;
-  int cluster;
   bool vec_ok;  // dense allows the cp.async staging (alignment and row length)
 };
 
@@ -373,39 +360,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
         dst[kBatchLeading ? lane + 32 * i : lane * kVec + i] = acc[rr][i];
       }
     }
-    if (csize > 1) {
-      cg::this_cluster().sync();
-    } else {
-      __syncthreads();
-    }
-    const int64_t out_base = line * kBeta;
-    const int out_rows = static_cast<int>(std::min<int64_t>(kBeta, p.out_dim - out_base));
-    const int n_valid = static_cast<int>(std::min<int64_t>(Cfg::kTileN, p.n - n0));
-    const int r_lo = rank * kBeta / csize, r_hi = (rank + 1) * kBeta / csize;
-    const int share = r_hi - r_lo;
-    T* out = static_cast<T*>(p.out);
-    for (int i = threadIdx.x; i < share * Cfg::kTileN; i += Cfg::kThreads) {
-      const int r = r_lo + (kBatchLeading ? i % share : i / Cfg::kTileN);
-      const int c = kBatchLeading ? i / share : i % Cfg::kTileN;
-      if (r >= out_rows || c >= n_valid) continue;
-      float sum;
-      if (csize > 1) {
-        cg::cluster_group cluster = cg::this_cluster();
-        sum = 0.0f;
-        for (int q = 0; q < csize; ++q)
-          sum += cluster.map_shared_rank(red, q)[r * L::kRedStride + c];
-      } else {
-        sum = red[r * L::kRedStride + c];
-      }
-      const int64_t o =
-          kBatchLeading ? (n0 + c) * p.out_dim + out_base + r : (out_base + r) * p.n + n0 + c;
-      out[o] = from_float<T>(sum);
-    }
-    if (csize > 1) {
-      cg::this_cluster().sync();  // no block reuses or leaves its tile while others read it
-    } else {
-      __syncthreads();
-    }
+    write_line_tile<T, kBeta, kBatchLeading>(p, red, L::kRedStride, Cfg::kTileN, line, n0);
   }
 }
 
@@ -415,20 +370,9 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   using L = SpmmSmem<T, Cfg, kBatchLeading>;
   auto kernel = spmm_kernel<T, Cfg, kTranspose, kBatchLeading>;
   SpmmParams p{};
-  p.block_ptr = a.block_ptr;
-  p.local = a.local;
-  p.values = a.values;
+  set_line_params(a, &p);
   p.units = a.units;
-  p.dense = a.dense;
-  p.out = a.out;
-  p.nnz = a.nnz;
-  p.n = a.n;
-  p.in_dim = a.shape.in_dim();
-  p.out_dim = a.shape.out_dim();
   p.num_units = a.num_units;
-  p.num_lines = a.shape.num_lines();
-  p.line_length = a.shape.line_length();
-  p.block_cols = a.shape.block_cols();
   p.num_tiles = (a.n + Cfg::kTileN - 1) / Cfg::kTileN;
   const auto addr = reinterpret_cast<uintptr_t>(a.dense);
   p.vec_ok = kBatchLeading ? (p.in_dim * sizeof(T)) % 4 == 0 && addr % 4 == 0
@@ -437,38 +381,15 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   // Cluster size: split lines only when lines x n-tiles leave the GPU underused (fewer than two
   // thread blocks per multiprocessor), and never into more pieces than a line has positions.
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  int csize = options.cluster;
-  if (csize > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
-  if (csize <= 0) {
-    csize = 1;
-    while (dev.cluster_launch && csize < 8 &&
-           p.num_lines * tiles_y * csize < 2 * int64_t{dev.num_sms} && csize * 2 <= p.line_length) {
-      csize *= 2;
-    }
-  }
-  if (csize != 1 && csize != 2 && csize != 4 && csize != 8) return cudaErrorInvalidValue;
-  p.cluster = csize;
-  if (p.num_lines * csize > INT32_MAX) return cudaErrorInvalidConfiguration;
+  cudaError_t err =
+      line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, &p.cluster);
+  if (err != cudaSuccess) return err;
 
   const size_t smem = L::kBytes;
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = allow_smem<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(dev.device, smem);
+  err = allow_smem<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(dev.device, smem);
   if (err != cudaSuccess) return err;
-
-  cudaLaunchConfig_t config{};
-  config.gridDim =
-      dim3(static_cast<unsigned>(p.num_lines * csize), static_cast<unsigned>(tiles_y), 1);
-  config.blockDim = dim3(Cfg::kThreads, 1, 1);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = csize;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
-  config.numAttrs = csize > 1 ? 1 : 0;
-  return launch_kernel(config, kernel, p);
+  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, Cfg::kThreads, smem, stream);
 }
 
 template <typename T, class Cfg>
@@ -489,7 +410,16 @@ template <typename T>
 cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                               const SpmmOptions& options) {
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
-    using Cfg = typename SelectSpmm<decltype(beta)::value>::type;
+    constexpr int kBeta = decltype(beta)::value;
+    if constexpr (kBeta <= kNarrowMaxBeta) {
+      const bool narrow = options.kernel == SpmmKernel::kAuto
+                              ? narrow_n_preferred(a.n, kBeta, a.shape.transpose)
+                              : options.kernel == SpmmKernel::kNarrow;
+      if (narrow) return launch_spmm_narrow<T, kBeta>(a, dev, stream, options);
+    } else if (options.kernel == SpmmKernel::kNarrow) {
+      return cudaErrorInvalidValue;
+    }
+    using Cfg = typename SelectSpmm<kBeta>::type;
     return spmm_detail::launch_layout<T, Cfg>(a, dev, stream, options);
   });
 }

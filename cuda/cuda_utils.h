@@ -2,10 +2,12 @@
 // copies into shared memory. Included only from .cu files.
 #pragma once
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +27,80 @@ cudaError_t launch_kernel(const cudaLaunchConfig_t& config, void (*kernel)(Param
   const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (err != cudaSuccess) cudaGetLastError();
   return err;
+}
+
+// What every SpMM kernel needs to walk the lines of a product: the CSB arrays, the operands,
+// the sizes, and the launch's n-tiles and cluster size.
+struct LineParams {
+  const int32_t* block_ptr;
+  const uint16_t* local;
+  const void* values;
+  const void* dense;
+  void* out;
+  int64_t nnz;
+  int64_t n;
+  int64_t in_dim;
+  int64_t out_dim;
+  int64_t num_lines;
+  int64_t line_length;
+  int64_t block_cols;
+  int64_t num_tiles;
+  int cluster;  // thread blocks that split one line
+};
+
+inline void set_line_params(const SpmmArgs& a, LineParams* p) {
+  p->block_ptr = a.block_ptr;
+  p->local = a.local;
+  p->values = a.values;
+  p->dense = a.dense;
+  p->out = a.out;
+  p->nnz = a.nnz;
+  p->n = a.n;
+  p->in_dim = a.shape.in_dim();
+  p->out_dim = a.shape.out_dim();
+  p->num_lines = a.shape.num_lines();
+  p->line_length = a.shape.line_length();
+  p->block_cols = a.shape.block_cols();
+}
+
+// Thread blocks per cluster that split one line of a product: `requested` when given (1, 2, 4
+// or 8), else the smallest power of two up to 8 that gives `blocks` (lines x n-tiles) thread
+// blocks two per multiprocessor, with at least `min_positions` of the line's positions each.
+inline cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks,
+                                int64_t line_length, int64_t min_positions, int* csize) {
+  int c = requested;
+  if (c > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
+  if (c <= 0) {
+    c = 1;
+    while (dev.cluster_launch && c < 8 && blocks * c < 2 * int64_t{dev.num_sms} &&
+           c * 2 * min_positions <= line_length) {
+      c *= 2;
+    }
+  }
+  if (c != 1 && c != 2 && c != 4 && c != 8) return cudaErrorInvalidValue;
+  *csize = c;
+  return cudaSuccess;
+}
+
+// Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
+// along x (one cluster per line).
+template <typename Params>
+cudaError_t launch_lines(void (*kernel)(Params), const Params& params, int64_t lines, int csize,
+                         int64_t tiles, int threads, size_t smem, cudaStream_t stream) {
+  if (lines * csize > INT32_MAX) return cudaErrorInvalidConfiguration;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(lines * csize), static_cast<unsigned>(tiles), 1);
+  config.blockDim = dim3(threads, 1, 1);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = csize;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  config.attrs = attr;
+  config.numAttrs = csize > 1 ? 1 : 0;
+  return launch_kernel(config, kernel, params);
 }
 
 // Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB,
@@ -152,6 +228,49 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
       return f(__half{});
   }
   return cudaErrorInvalidValue;
+}
+
+// The end of a line's n-tile, called by every thread of every block of the line's cluster once
+// each block holds its float32 partial tile `red` (beta rows of `width` columns, row stride
+// `stride`): the blocks add the cluster's tiles in rank order and each writes its share of the
+// rows, with consecutive threads along the output's contiguous axis. Every output element is
+// written once, by a fixed sum order.
+template <typename T, int kBeta, bool kBatchLeading>
+__device__ __forceinline__ void write_line_tile(const LineParams& p, const float* red, int stride,
+                                                int width, int64_t line, int64_t n0) {
+  namespace cg = cooperative_groups;
+  const int csize = p.cluster, rank = static_cast<int>(blockIdx.x % csize);
+  if (csize > 1) {
+    cg::this_cluster().sync();
+  } else {
+    __syncthreads();
+  }
+  const int64_t out_base = line * kBeta;
+  const int out_rows = static_cast<int>(std::min<int64_t>(kBeta, p.out_dim - out_base));
+  const int n_valid = static_cast<int>(std::min<int64_t>(width, p.n - n0));
+  const int r_lo = rank * kBeta / csize, share = (rank + 1) * kBeta / csize - r_lo;
+  T* out = static_cast<T*>(p.out);
+  for (int i = threadIdx.x; i < share * width; i += blockDim.x) {
+    const int r = r_lo + (kBatchLeading ? i % share : i / width);
+    const int c = kBatchLeading ? i / share : i % width;
+    if (r >= out_rows || c >= n_valid) continue;
+    float sum;
+    if (csize > 1) {
+      cg::cluster_group cluster = cg::this_cluster();
+      sum = 0.0f;
+      for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(red, q)[r * stride + c];
+    } else {
+      sum = red[r * stride + c];
+    }
+    const int64_t o =
+        kBatchLeading ? (n0 + c) * p.out_dim + out_base + r : (out_base + r) * p.n + n0 + c;
+    out[o] = from_float<T>(sum);
+  }
+  if (csize > 1) {
+    cg::this_cluster().sync();  // no block reuses or leaves its tile while others read it
+  } else {
+    __syncthreads();
+  }
 }
 
 }  // namespace jaxcsb::cuda

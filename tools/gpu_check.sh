@@ -73,7 +73,8 @@ if has pytest; then
   export JAXCSB_HYPOTHESIS_PROFILE=${JAXCSB_HYPOTHESIS_PROFILE:-gpu}
   [ -z "${JAXCSB_DLMC_DIR:-}" ] && [ -d data/dlmc ] && export JAXCSB_DLMC_DIR=$PWD/data/dlmc
   # -P: the source tree must not shadow the installed package (it has no native modules).
-  step pytest pytest.log env JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false \
+  # JAXCSB_TEST_MODELS=1: the example scripts run end to end, as in CI.
+  step pytest pytest.log env JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false JAXCSB_TEST_MODELS=1 \
     timeout "${PYTEST_TIMEOUT:-420}" $PY -P -m pytest python_tests -q -p no:cacheprovider \
     "${XDIST[@]}"
   # The suite must have found the CUDA module: a fallback run tests nothing of it.

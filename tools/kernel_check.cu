@@ -5,9 +5,11 @@
 //                                float64 host reference; outputs poisoned before each run; each
 //                                run twice and compared bitwise. `quick` and `tiny` keep the
 //                                problems small for compute-sanitizer (tiny for its slow tools).
-//   kernel_check bench [beta]    4096 x 1024 at 90% sparsity, n = 4096, float32: both
-//                                directions and layouts and SDDMM, median of repeats with
-//                                CUDA events, plus a 3-run bitwise determinism check.
+//   kernel_check bench [beta rows cols density n dtype]
+//                                default 4096 x 1024 at 90% sparsity, n = 4096, float32: both
+//                                directions and layouts (at narrow n both kernel families) and
+//                                SDDMM, median of repeats with CUDA events, plus a 3-run
+//                                bitwise determinism check.
 //
 // Exit status 0 only when every case passed.
 #include <cuda_bf16.h>
@@ -24,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_config.h"
 #include "cuda_kernels.h"
 
 using namespace jaxcsb;
@@ -146,6 +149,28 @@ HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t
   m.units[0] = line_units(m, false, unit_target);
   m.units[1] = line_units(m, true, unit_target);
   return m;
+}
+
+// The same matrix with every third nonzero stored twice, next to itself: a repeated position,
+// which the kernels must sum.
+HostCsb with_repeats(const HostCsb& m) {
+  HostCsb r;
+  r.shape = m.shape;
+  r.block_ptr.push_back(0);
+  for (size_t b = 0; b + 1 < m.block_ptr.size(); ++b) {
+    for (int32_t e = m.block_ptr[b]; e < m.block_ptr[b + 1]; ++e) {
+      for (int copy = 0; copy < (e % 3 == 0 ? 2 : 1); ++copy) {
+        r.local.push_back(m.local[e]);
+        r.values.push_back(m.values[e]);
+        r.row.push_back(m.row[e]);
+        r.col.push_back(m.col[e]);
+      }
+    }
+    r.block_ptr.push_back(static_cast<int32_t>(r.local.size()));
+  }
+  r.units[0] = line_units(r, false, 64);
+  r.units[1] = line_units(r, true, 64);
+  return r;
 }
 
 template <typename V>
@@ -278,8 +303,12 @@ SddmmArgs sddmm_args(const HostCsb& m, const DeviceCsb& dm, DType t, int64_t n, 
   return a;
 }
 
+const char* kernel_name(SpmmKernel k) {
+  return k == SpmmKernel::kWide ? "wide" : k == SpmmKernel::kNarrow ? "narrow" : "auto";
+}
+
 void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch_leading,
-                int cluster, std::mt19937& rng, const DeviceInfo& dev) {
+                const SpmmOptions& opt, std::mt19937& rng, const DeviceInfo& dev) {
   CsbShape s = m.shape;
   s.transpose = transpose;
   const int64_t in_dim = s.in_dim(), out_dim = s.out_dim();
@@ -299,18 +328,16 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   uint8_t* dout = nullptr;
   CHECK_CUDA(cudaMalloc(&dout, std::max<size_t>(out_bytes, 1)));
   const SpmmArgs a = spmm_args(m, dm, t, n, transpose, batch_leading, dd, dout);
-  SpmmOptions opt;
-  opt.cluster = cluster;
   bool same = false;
   cudaError_t launch_error = cudaSuccess;
   auto bytes = run_repeatedly(
       dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, 2, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref);
   char name[256];
-  std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d",
+  std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d %s",
                 dtype_name(t), long(m.shape.rows), long(m.shape.cols), m.shape.block_size,
                 m.values.size(), long(n), transpose ? "T" : "N", batch_leading ? "batch" : "feat",
-                cluster);
+                opt.cluster, kernel_name(opt.kernel));
   report(name, err, tolerance(t), same, launch_error);
   cudaFree(dd);
   cudaFree(dout);
@@ -377,10 +404,18 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int64_t n : ns) {
           for (int tr = 0; tr < 2; ++tr) {
             for (int bl = 0; bl < 2; ++bl) {
-              for (int cluster : {0, 1, 2, 8}) {
-                if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
-                if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
-                check_spmm(m, t, n, tr, bl, cluster, rng, dev);
+              // The kernel the heuristic picks, and at block sizes that both serve, the other.
+              for (SpmmKernel kernel :
+                   {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow}) {
+                const bool narrow_by_default = narrow_n_preferred(n, beta, tr);
+                if (kernel != SpmmKernel::kAuto &&
+                    (beta > kNarrowMaxBeta || narrow_by_default == (kernel == SpmmKernel::kNarrow)))
+                  continue;
+                for (int cluster : {0, 1, 2, 8}) {
+                  if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
+                  if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
+                  check_spmm(m, t, n, tr, bl, {cluster, kernel}, rng, dev);
+                }
               }
             }
           }
@@ -394,17 +429,27 @@ int run_check(int level, const DeviceInfo& dev) {
   // nnz = 0, and a matrix whose blocks are dense (several sort chunks per block).
   for (DType t : types) {
     HostCsb empty = random_csb(70, 50, 16, 0.0, t, rng, 64);
-    for (int tr = 0; tr < 2; ++tr) check_spmm(empty, t, 9, tr, false, 0, rng, dev);
+    for (int tr = 0; tr < 2; ++tr) check_spmm(empty, t, 9, tr, false, {}, rng, dev);
     check_sddmm(empty, t, 9, false, false, rng, dev);
     HostCsb full =
         random_csb(quick ? 130 : 300, quick ? 70 : 260, 64, 1.0, t, rng, 1 << 30, -1, -1);
     for (int tr = 0; tr < 2; ++tr) {
-      for (int bl = 0; bl < 2; ++bl) check_spmm(full, t, 70, tr, bl, 0, rng, dev);
+      for (int bl = 0; bl < 2; ++bl) {
+        check_spmm(full, t, 70, tr, bl, {}, rng, dev);
+        check_spmm(full, t, 70, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
+      }
     }
     check_sddmm(full, t, 70, true, false, rng, dev);
     HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, 1 << 30, -1, -1);
-    for (int tr = 0; tr < 2; ++tr) check_spmm(full256, t, 33, tr, true, 0, rng, dev);
+    for (int tr = 0; tr < 2; ++tr) check_spmm(full256, t, 33, tr, true, {}, rng, dev);
     check_sddmm(full256, t, 33, false, true, rng, dev);
+    HostCsb repeats = with_repeats(random_csb(150, 140, 32, 0.3, t, rng, 64));
+    for (int tr = 0; tr < 2; ++tr) {
+      for (int bl = 0; bl < 2; ++bl) {
+        check_spmm(repeats, t, 16, tr, bl, {}, rng, dev);
+        check_spmm(repeats, t, 16, tr, bl, {0, SpmmKernel::kWide}, rng, dev);
+      }
+    }
   }
   std::printf("check: %d cases, %d failures\n", cases, failures);
   return failures ? 1 : 0;
@@ -434,9 +479,8 @@ float time_ms(F launch, int reps = 20, int rounds = 7) {
 }
 
 int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, double density,
-              int64_t n) {
+              int64_t n, DType t) {
   std::mt19937 rng(7);
-  const DType t = DType::kF32;
   const int64_t nnz_target = static_cast<int64_t>(rows * cols * density);
   const int64_t unit_target = std::max<int64_t>(beta * beta / 4, (nnz_target + 2047) / 2048);
   HostCsb m = random_csb(rows, cols, beta, density, t, rng, unit_target, -1, -1);
@@ -446,25 +490,33 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   uint8_t* d_in = to_device(encode(t, random_dense(big, t, rng)));
   uint8_t* d_in2 = to_device(encode(t, random_dense(big, t, rng)));
   uint8_t* d_out = nullptr;
-  CHECK_CUDA(cudaMalloc(&d_out, std::max(big, nnz) * 4));
+  CHECK_CUDA(cudaMalloc(&d_out, std::max(big, nnz) * dtype_size(t)));
   const double flop = 2.0 * nnz * n;
-  std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d float32 (%d SMs)\n", long(rows),
-              long(cols), density, long(nnz), long(n), beta, dev.num_sms);
+  std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d %s (%d SMs)\n", long(rows),
+              long(cols), density, long(nnz), long(n), beta, dtype_name(t), dev.num_sms);
+  // At narrow n both kernel families serve the product: each is timed.
+  std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
+  if (n <= kNarrowMaxTile && beta <= kNarrowMaxBeta) {
+    kernels = {SpmmKernel::kNarrow, SpmmKernel::kWide};
+  }
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
     for (int bl = 0; bl < 2; ++bl) {
-      const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
-      auto launch = [&] { return launch_spmm(a, dev, nullptr); };
-      const float ms = time_ms(launch);
-      // Determinism: three runs bitwise equal.
-      bool same = false;
-      cudaError_t err = cudaSuccess;
-      run_repeatedly(d_out, a.shape.out_dim() * n * 4, launch, 3, &same, &err);
-      CHECK_CUDA(err);
-      bad += !same;
-      std::printf("spmm  %s %-5s  %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
-                  tr ? "A^T.B" : "A.B  ", bl ? "batch" : "feat", ms, flop / ms / 1e9,
-                  same ? "yes" : "NO");
+      for (SpmmKernel kernel : kernels) {
+        const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
+        const SpmmOptions opt{0, kernel};
+        auto launch = [&] { return launch_spmm(a, dev, nullptr, opt); };
+        const float ms = time_ms(launch);
+        // Determinism: three runs bitwise equal.
+        bool same = false;
+        cudaError_t err = cudaSuccess;
+        run_repeatedly(d_out, a.shape.out_dim() * n * dtype_size(t), launch, 3, &same, &err);
+        CHECK_CUDA(err);
+        bad += !same;
+        std::printf("spmm  %s %-5s %-6s  %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
+                    tr ? "A^T.B" : "A.B  ", bl ? "batch" : "feat", kernel_name(kernel), ms,
+                    flop / ms / 1e9, same ? "yes" : "NO");
+      }
     }
   }
   // SDDMM in the two layouts of the weight gradient: feature-major (dC (M, N), B (K, N)) and
@@ -475,7 +527,7 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
     const float ms = time_ms(launch);
     bool same = false;
     cudaError_t err = cudaSuccess;
-    run_repeatedly(d_out, nnz * 4, launch, 3, &same, &err);
+    run_repeatedly(d_out, nnz * dtype_size(t), launch, 3, &same, &err);
     CHECK_CUDA(err);
     bad += !same;
     std::printf("sddmm %-15s %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
@@ -505,9 +557,13 @@ int main(int argc, char** argv) {
     const int64_t cols = argc > 4 ? std::atol(argv[4]) : 1024;
     const double density = argc > 5 ? std::atof(argv[5]) : 0.1;
     const int64_t n = argc > 6 ? std::atol(argv[6]) : 4096;
-    return run_bench(beta, dev, rows, cols, density, n);
+    const std::string type = argc > 7 ? argv[7] : "float32";
+    const DType t = type == "bfloat16"  ? DType::kBF16
+                    : type == "float16" ? DType::kF16
+                                        : DType::kF32;
+    return run_bench(beta, dev, rows, cols, density, n, t);
   }
-  std::fprintf(stderr, "usage: %s check [quick|tiny] | bench [beta rows cols density n]\n",
+  std::fprintf(stderr, "usage: %s check [quick|tiny] | bench [beta rows cols density n dtype]\n",
                argv[0]);
   return 2;
 }
