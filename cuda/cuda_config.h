@@ -65,11 +65,12 @@ struct SddmmConfig {
 
 // Narrow-n SpMM (cuda_spmm_narrow.h): warps that each own whole CSB blocks, at block sizes up
 // to kNarrowMaxBeta, in tiles of n up to kNarrowMaxTile wide (a warp stages its block's
-// beta x tile slice of D and keeps a beta x tile partial tile: 35 KiB at beta 64 and tile 64).
+// beta x tile slice of D, and a transposed product keeps a beta x tile partial tile too: 18 KiB
+// at beta 64 and tile 32).
 // At most kNarrowMaxWarps warps and kNarrowSmemBudget bytes per thread block, so that two
 // thread blocks fit on a multiprocessor.
 constexpr int kNarrowMaxBeta = 64;
-constexpr int kNarrowMaxTile = 64;
+constexpr int kNarrowMaxTile = 32;
 constexpr int kNarrowMaxWarps = 8;
 constexpr size_t kNarrowSmemBudget = 96 * 1024;
 

@@ -7,15 +7,15 @@
 // its blocks (the walks below would otherwise wait on memory at every dependent load); then, per
 // block, it
 //   1. stages the block's beta x tile slice of D as float32 in its own shared memory, and
-//   2. adds the block's products into its own float32 partial tile of the line's output.
+//   2. adds the block's products to its own float32 partial sums of the line's output.
 // The lanes form slots of tile / 4 lanes; a lane handles four columns of n for the nonzero of
-// its slot, so one warp instruction serves 128 / tile nonzeros.
+// its slot, so one warp instruction serves 128 / tile nonzeros (NarrowShape).
 //   Forward (output row = stored row): the stored order is sorted by row, so one pass of warp
-//   shuffles finds where each row starts; slot s walks the runs of rows s, s + slots, ... with
-//   the sum in registers and adds each run to the partial tile once.
+//   shuffles finds where each row starts; slot s walks the runs of rows s, s + slots, ... and
+//   keeps those rows' sums in registers for the whole line.
 //   Transposed (output row = stored column): the slots take consecutive stored nonzeros side by
-//   side, each adding into its own output row; nonzeros of one wave that share a column take
-//   turns in storage order.
+//   side, each adding into its own row of a partial tile in shared memory; nonzeros of one wave
+//   that share a column take turns in storage order.
 // The warps of a thread block take the line's positions in turn; at the end their partial
 // tiles are added in warp order and, when a cluster splits the line, in rank order through
 // distributed shared memory. Every sum has a fixed order: results are bitwise reproducible,
@@ -35,19 +35,28 @@ namespace narrow_detail {
 
 namespace cg = cooperative_groups;
 
-struct NarrowParams : LineParams {
-  int tile;  // columns of n per thread block: 4, 8, 16, 32 or 64
+using NarrowParams = LineParams;
+
+// The lane layout of a warp for a tile of kTile columns of n, at block size kBeta.
+template <int kBeta_, int kTile_>
+struct NarrowShape {
+  static constexpr int kBeta = kBeta_;
+  static constexpr int kTile = kTile_;
+  // Row stride, in floats, of a warp's staged slice and partial tile: 16-byte aligned rows,
+  // skewed by four banks so that slots reading different rows spread over the banks.
+  static constexpr int kStride = kTile + 4;
+  static constexpr int kGroup = kTile / 4;    // lanes per nonzero, four columns each
+  static constexpr int kSlots = 32 / kGroup;  // nonzeros per warp instruction
+  // Forward: output rows per slot (rows slot, slot + kSlots, ...), summed in registers.
+  static constexpr int kRows = (kBeta + kSlots - 1) / kSlots;
+  // Floats of shared memory per warp: the staged slice (which also takes the partial tile at
+  // the end of a forward product) and the row starts (forward), or the slice and the partial
+  // tile (transposed).
+  static constexpr int warp_floats(bool transpose) {
+    return transpose ? 2 * kBeta * kStride : kBeta * kStride + (kBeta + 4) / 4 * 4;
+  }
+  static_assert(kTile == 4 || kTile == 8 || kTile == 16 || kTile == 32, "tiles of 4 to 32");
 };
-
-// Row stride, in floats, of a warp's staged slice and partial tile: 16-byte aligned rows,
-// skewed by four banks so that slots reading different rows spread over the banks.
-__host__ __device__ constexpr int row_stride(int tile) { return tile + 4; }
-
-// Floats of shared memory per warp: the staged slice, the partial tile, the row starts.
-template <int kBeta>
-__host__ __device__ constexpr int warp_floats(int tile) {
-  return 2 * kBeta * row_stride(tile) + (kBeta + 4) / 4 * 4;
-}
 
 // Four consecutive values of the dense operand as float32, zero outside [0, valid).
 template <typename T>
@@ -66,32 +75,31 @@ __device__ __forceinline__ float4 load4(const T* src, int valid, bool vec) {
 // float32; zero outside the operand. Four values per lane and step, read along the operand's
 // contiguous axis (n for row-major D, the features for the batch-leading layout), kBatch steps
 // loaded before any is stored so that their latencies overlap.
-template <typename T, int kBeta, bool kBatchLeading>
+template <typename T, class S, bool kBatchLeading>
 __device__ __forceinline__ void stage_slice(const NarrowParams& p, float* slice, int64_t in_base,
                                             int64_t n0, bool vec) {
-  constexpr int kBatch = 4;
+  constexpr int kSteps = S::kBeta * S::kTile / 4, kBatch = 4;
   const T* dense = static_cast<const T*>(p.dense);
-  const int lane = threadIdx.x % 32, tile = p.tile, stride = row_stride(tile);
-  const int steps = kBeta * tile / 4;
-  for (int i0 = lane; i0 < steps; i0 += 32 * kBatch) {
+  const int lane = threadIdx.x % 32;
+  for (int i0 = lane; i0 < kSteps; i0 += 32 * kBatch) {
     float4 v[kBatch];
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int i = i0 + 32 * u;
       int64_t gc, gn;
       if (!kBatchLeading) {
-        gc = in_base + i / (tile / 4);
-        gn = n0 + i % (tile / 4) * 4;
+        gc = in_base + i / S::kGroup;
+        gn = n0 + i % S::kGroup * 4;
       } else {
         // n fastest over the lanes: the four stores of a lane then hit distinct banks.
-        gc = in_base + i / tile * 4;
-        gn = n0 + i % tile;
+        gc = in_base + i / S::kTile * 4;
+        gn = n0 + i % S::kTile;
       }
       int valid = 0;
-      if (i < steps) {
-        valid = !kBatchLeading
-                    ? (gc < p.in_dim ? static_cast<int>(std::min<int64_t>(4, p.n - gn)) : 0)
-                    : (gn < p.n ? static_cast<int>(std::min<int64_t>(4, p.in_dim - gc)) : 0);
+      if (i < kSteps) {
+        const int64_t left =
+            !kBatchLeading ? (gc < p.in_dim ? p.n - gn : 0) : (gn < p.n ? p.in_dim - gc : 0);
+        valid = static_cast<int>(std::min<int64_t>(4, left));
       }
       const int64_t at = valid <= 0 ? 0 : !kBatchLeading ? gc * p.n + gn : gn * p.in_dim + gc;
       v[u] = load4(dense + at, valid, vec);
@@ -99,15 +107,15 @@ __device__ __forceinline__ void stage_slice(const NarrowParams& p, float* slice,
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int i = i0 + 32 * u;
-      if (i >= steps) break;
+      if (i >= kSteps) break;
       if (!kBatchLeading) {
-        *reinterpret_cast<float4*>(slice + i / (tile / 4) * stride + i % (tile / 4) * 4) = v[u];
+        *reinterpret_cast<float4*>(slice + i / S::kGroup * S::kStride + i % S::kGroup * 4) = v[u];
       } else {
-        float* dst = slice + i / tile * 4 * stride + i % tile;
+        float* dst = slice + i / S::kTile * 4 * S::kStride + i % S::kTile;
         dst[0] = v[u].x;
-        dst[stride] = v[u].y;
-        dst[2 * stride] = v[u].z;
-        dst[3 * stride] = v[u].w;
+        dst[S::kStride] = v[u].y;
+        dst[2 * S::kStride] = v[u].z;
+        dst[3 * S::kStride] = v[u].w;
       }
     }
   }
@@ -165,69 +173,74 @@ __device__ __forceinline__ float4 fma4(float v, float4 d, float4 acc) {
                      fmaf(v, d.w, acc.w));
 }
 
-// Adds the products of one CSB block (nonzeros [0, count) of local/values) into the warp's
-// partial tile. slot and q: the lane's slot and its four columns (q * 4 ..).
-template <typename T, int kBeta, bool kTranspose>
-__device__ __forceinline__ void add_block(const uint16_t* local, const T* values, int count,
-                                          const int* start, const float* slice, float* part,
-                                          int stride, int slot, int slots, int q) {
+// Forward: adds the products of one CSB block (nonzeros [0, count) of local/values) to the
+// lane's rows, acc[i] for row slot + i * kSlots and the lane's four columns.
+template <typename T, class S>
+__device__ __forceinline__ void add_block_forward(const uint16_t* local, const T* values, int count,
+                                                  const int* start, const float* slice, int slot,
+                                                  int q, float4 (&acc)[S::kRows]) {
   auto clamp = [count](int e) { return std::min(std::max(e, 0), count); };
-  if (!kTranspose) {
-    for (int r = slot; r < kBeta; r += slots) {
-      const int kb = clamp(start[r]), ke = clamp(start[r + 1]);
-      if (kb >= ke) continue;
-      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int i = 0; i < S::kRows; ++i) {
+    const int r = slot + i * S::kSlots;
+    if (r >= S::kBeta) break;
+    const int kb = clamp(start[r]), ke = clamp(start[r + 1]);
 #pragma unroll 4
-      for (int k = kb; k < ke; ++k) {
-        const int c = __ldg(local + k) & 0xff;
-        if (c >= kBeta) continue;  // outside the block: corrupt structure, skipped
-        const float4 d = *reinterpret_cast<const float4*>(slice + c * stride + q * 4);
-        acc = fma4(to_float(__ldg(values + k)), d, acc);
-      }
-      add4(part + r * stride + q * 4, acc);
-    }
-  } else {
-    // Waves of `slots` consecutive nonzeros. Two nonzeros of a wave in one stored column (a
-    // column repeated across rows, or a repeated position) add into one output row: they take
-    // turns in storage order, so every output row sums in stored (row, col) order.
-    const int group = 32 / slots;
-    for (int k0 = 0; k0 < count; k0 += slots) {
-      const int k = k0 + slot;
-      int c = -1;
-      float v = 0.0f;
-      float4 d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (k < count) {
-        const uint16_t loc = __ldg(local + k);
-        const int r = loc >> 8;
-        c = loc & 0xff;
-        v = to_float(__ldg(values + k));
-        if (r < kBeta && c < kBeta) {
-          d = *reinterpret_cast<const float4*>(slice + r * stride + q * 4);
-        } else {
-          c = -1;  // outside the block: corrupt structure, skipped
-        }
-      }
-      // Lanes of earlier slots with the same column: the turn of this lane's nonzero.
-      const unsigned same = __match_any_sync(0xffffffffu, c >= 0 ? c : 256 + slot);
-      const int turn = __popc(same & ((1u << (threadIdx.x % 32)) - 1u)) / group;
-      const int turns = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(turn));
-      for (int t = 0; t <= turns; ++t) {
-        if (t == turn && c >= 0) add4(part + c * stride + q * 4, fma4(v, d, {}));
-        __syncwarp();
-      }
+    for (int k = kb; k < ke; ++k) {
+      const int c = __ldg(local + k) & 0xff;
+      if (c >= S::kBeta) continue;  // outside the block: corrupt structure, skipped
+      const float4 d = *reinterpret_cast<const float4*>(slice + c * S::kStride + q * 4);
+      acc[i] = fma4(to_float(__ldg(values + k)), d, acc[i]);
     }
   }
 }
 
-template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
+// Transposed: adds the products of one CSB block into the warp's partial tile, in waves of
+// kSlots consecutive nonzeros. Two nonzeros of a wave in one stored column (a column repeated
+// across rows, or a repeated position) add into one output row: they take turns in storage
+// order, so every output row sums in stored (row, col) order.
+template <typename T, class S>
+__device__ __forceinline__ void add_block_transposed(const uint16_t* local, const T* values,
+                                                     int count, const float* slice, float* part,
+                                                     int slot, int q) {
+  for (int k0 = 0; k0 < count; k0 += S::kSlots) {
+    const int k = k0 + slot;
+    int c = -1;
+    float v = 0.0f;
+    float4 d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (k < count) {
+      const uint16_t loc = __ldg(local + k);
+      const int r = loc >> 8;
+      c = loc & 0xff;
+      v = to_float(__ldg(values + k));
+      if (r < S::kBeta && c < S::kBeta) {
+        d = *reinterpret_cast<const float4*>(slice + r * S::kStride + q * 4);
+      } else {
+        c = -1;  // outside the block: corrupt structure, skipped
+      }
+    }
+    // Lanes of earlier slots with the same column: the turn of this lane's nonzero.
+    const unsigned same = __match_any_sync(0xffffffffu, c >= 0 ? c : 256 + slot);
+    const int turn = __popc(same & ((1u << (threadIdx.x % 32)) - 1u)) / S::kGroup;
+    const int turns = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(turn));
+    for (int t = 0; t <= turns; ++t) {
+      if (t == turn && c >= 0) add4(part + c * S::kStride + q * 4, fma4(v, d, {}));
+      __syncwarp();
+    }
+  }
+}
+
+template <typename T, class S, bool kTranspose, bool kBatchLeading>
 __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const NarrowParams p) {
+  constexpr int kBeta = S::kBeta, kStride = S::kStride, kWarpFloats = S::warp_floats(kTranspose);
   extern __shared__ __align__(16) float smem_f[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  const int tile = p.tile, stride = row_stride(tile), group = tile / 4, slots = 32 / group;
-  const int slot = lane / group, q = lane % group;
-  float* slice = smem_f + warp * warp_floats<kBeta>(tile);
-  float* part = slice + kBeta * stride;
-  int* start = reinterpret_cast<int*>(part + kBeta * stride);
+  const int slot = lane / S::kGroup, q = lane % S::kGroup;
+  float* slice = smem_f + warp * kWarpFloats;
+  // The warp's partial tile: its own region when transposed; the slice's once the forward
+  // walk is done.
+  float* part = kTranspose ? slice + kBeta * kStride : slice;
+  int* start = reinterpret_cast<int*>(slice + kBeta * kStride);
 
   const int csize = p.cluster;
   const int rank = static_cast<int>(blockIdx.x % csize);
@@ -236,8 +249,7 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
   const int64_t pos_begin = rank * p.line_length / csize;
   const int64_t pos_end = (rank + 1) * p.line_length / csize;
   const T* values = static_cast<const T*>(p.values);
-  const T* dense = static_cast<const T*>(p.dense);
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(dense);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p.dense);
   const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
   const bool vec = addr % (4 * sizeof(T)) == 0 && row_len % 4 == 0;
 
@@ -250,33 +262,47 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
   }
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
-    const int64_t n0 = t * tile;
-    for (int i = lane; i < kBeta * stride; i += 32) part[i] = 0.0f;
+    const int64_t n0 = t * S::kTile;
+    float4 acc[S::kRows];
+#pragma unroll
+    for (int i = 0; i < S::kRows; ++i) acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (kTranspose) {
+      for (int i = lane; i < kBeta * kStride; i += 32) part[i] = 0.0f;
+    }
     for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
       const int64_t b = kTranspose ? pos * p.block_cols + line : line * p.block_cols + pos;
       int64_t e0, e1;
       block_range(p.block_ptr, b, p.nnz, &e0, &e1);
       if (e0 >= e1) continue;
       const int count = static_cast<int>(e1 - e0);
-      stage_slice<T, kBeta, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+      stage_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
       if (!kTranspose) find_row_starts<kBeta>(p.local + e0, count, start);
       __syncwarp();  // the slice (and the row starts) are read by other lanes
-      add_block<T, kBeta, kTranspose>(p.local + e0, values + e0, count, start, slice, part, stride,
-                                      slot, slots, q);
+      if (!kTranspose) {
+        add_block_forward<T, S>(p.local + e0, values + e0, count, start, slice, slot, q, acc);
+      } else {
+        add_block_transposed<T, S>(p.local + e0, values + e0, count, slice, part, slot, q);
+      }
       __syncwarp();  // the slice and the row starts are rewritten by the next block
+    }
+    if (!kTranspose) {
+#pragma unroll
+      for (int i = 0; i < S::kRows; ++i) {
+        const int r = slot + i * S::kSlots;
+        if (r < kBeta) *reinterpret_cast<float4*>(part + r * kStride + q * 4) = acc[i];
+      }
     }
 
     // The warps' partial tiles, added in warp order into warp 0's.
     __syncthreads();
-    float* sum = smem_f + kBeta * stride;  // warp 0's partial tile
-    for (int i = threadIdx.x; i < kBeta * tile; i += blockDim.x) {
-      const int o = i / tile * stride + i % tile;
+    float* sum = part - warp * kWarpFloats;  // warp 0's partial tile
+    for (int i = threadIdx.x; i < kBeta * S::kTile; i += blockDim.x) {
+      const int o = i / S::kTile * kStride + i % S::kTile;
       float s = sum[o];
-      for (int w = 1; w < warps; ++w)
-        s += smem_f[w * warp_floats<kBeta>(tile) + kBeta * stride + o];
+      for (int w = 1; w < warps; ++w) s += sum[w * kWarpFloats + o];
       sum[o] = s;
     }
-    write_line_tile<T, kBeta, kBatchLeading>(p, sum, stride, tile, line, n0);
+    write_line_tile<T, kBeta, kBatchLeading>(p, sum, kStride, S::kTile, line, n0);
   }
 }
 
@@ -287,14 +313,13 @@ inline int narrow_tile(int64_t n) {
   return tile;
 }
 
-template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
+template <typename T, class S, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
-  auto kernel = narrow_kernel<T, kBeta, kTranspose, kBatchLeading>;
+  auto kernel = narrow_kernel<T, S, kTranspose, kBatchLeading>;
   NarrowParams p{};
   set_line_params(a, &p);
-  p.tile = narrow_tile(a.n);
-  p.num_tiles = (a.n + p.tile - 1) / p.tile;
+  p.num_tiles = (a.n + S::kTile - 1) / S::kTile;
 
   // Parallelism: about two CSB blocks per warp, and at least two thread blocks per
   // multiprocessor when the lines allow it (a cluster splits a line when there are few lines).
@@ -302,19 +327,30 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   cudaError_t err =
       line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, &p.cluster);
   if (err != cudaSuccess) return err;
-  const size_t per_warp = static_cast<size_t>(warp_floats<kBeta>(p.tile)) * sizeof(float);
+  constexpr size_t kPerWarp = S::warp_floats(kTranspose) * sizeof(float);
+  constexpr size_t kMaxSmem = std::min(kNarrowSmemBudget, kNarrowMaxWarps * kPerWarp);
   const int64_t positions = (p.line_length + p.cluster - 1) / p.cluster;
   int warps = static_cast<int>(std::clamp<int64_t>(positions / 2, 1, kNarrowMaxWarps));
-  while (warps > 1 && warps * per_warp > kNarrowSmemBudget) --warps;
-  // One limit for every tile width: allow_smem raises it once per kernel and device.
-  if (kNarrowSmemBudget > static_cast<size_t>(dev.max_smem_optin)) {
-    return cudaErrorInvalidConfiguration;
-  }
-  err =
-      allow_smem<narrow_kernel<T, kBeta, kTranspose, kBatchLeading>>(dev.device, kNarrowSmemBudget);
+  while (warps > 1 && warps * kPerWarp > kMaxSmem) --warps;
+  if (kMaxSmem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
+  err = allow_smem<narrow_kernel<T, S, kTranspose, kBatchLeading>>(dev.device, kMaxSmem);
   if (err != cudaSuccess) return err;
-  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, 32 * warps, warps * per_warp,
+  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, 32 * warps, warps * kPerWarp,
                       stream);
+}
+
+template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
+cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                        const SpmmOptions& options) {
+  switch (narrow_tile(a.n)) {
+    case 4:
+      return launch<T, NarrowShape<kBeta, 4>, kTranspose, kBatchLeading>(a, dev, stream, options);
+    case 8:
+      return launch<T, NarrowShape<kBeta, 8>, kTranspose, kBatchLeading>(a, dev, stream, options);
+    case 16:
+      return launch<T, NarrowShape<kBeta, 16>, kTranspose, kBatchLeading>(a, dev, stream, options);
+  }
+  return launch<T, NarrowShape<kBeta, 32>, kTranspose, kBatchLeading>(a, dev, stream, options);
 }
 
 }  // namespace narrow_detail
@@ -325,10 +361,10 @@ cudaError_t launch_spmm_narrow(const SpmmArgs& a, const DeviceInfo& dev, cudaStr
                                const SpmmOptions& options) {
   const bool tr = a.shape.transpose, bl = a.batch_leading;
   using namespace narrow_detail;
-  if (!tr && !bl) return launch<T, kBeta, false, false>(a, dev, stream, options);
-  if (!tr && bl) return launch<T, kBeta, false, true>(a, dev, stream, options);
-  if (tr && !bl) return launch<T, kBeta, true, false>(a, dev, stream, options);
-  return launch<T, kBeta, true, true>(a, dev, stream, options);
+  if (!tr && !bl) return launch_tile<T, kBeta, false, false>(a, dev, stream, options);
+  if (!tr && bl) return launch_tile<T, kBeta, false, true>(a, dev, stream, options);
+  if (tr && !bl) return launch_tile<T, kBeta, true, false>(a, dev, stream, options);
+  return launch_tile<T, kBeta, true, true>(a, dev, stream, options);
 }
 
 }  // namespace jaxcsb::cuda
