@@ -75,11 +75,11 @@ constexpr int kNarrowMaxWarps = 8;
 constexpr size_t kNarrowSmemBudget = 96 * 1024;
 
 // Whether the heuristic picks the narrow kernel: where it was faster than the wide one on an
-// H100/H200 (bfloat16 and float32, 4096 x 4096 and 4096 x 1024 at 90%, beta 64: forward 2.5-10x
-// faster up to n = 32 and 1.8x slower at 64; transposed 1.1-6x faster up to n = 16 and up to 1.5x
-// slower at 32). The transposed walk costs more per nonzero (see cuda_spmm_narrow.h).
-constexpr bool narrow_n_preferred(long long n, int beta, bool transpose) {
-  return beta <= kNarrowMaxBeta && n <= (transpose ? 16 : 32);
+// H100/H200 (kernel_check bench, beta 64, bfloat16 4096 x 4096 and 11008 x 4096 at 80-90% and
+// float32 4096 x 1024 at 90%): forward 2.1-6.6x faster for n = 8-32 and 10x at n = 1 (1.8x
+// slower at 64); transposed 1.3-3.5x faster for n = 8-32 and 6x at n = 1.
+constexpr bool narrow_n_preferred(long long n, int beta) {
+  return beta <= kNarrowMaxBeta && n <= kNarrowMaxTile;
 }
 
 // The configurations in use. Both kernel families are specialised per beta because the

@@ -413,7 +413,7 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
     constexpr int kBeta = decltype(beta)::value;
     if constexpr (kBeta <= kNarrowMaxBeta) {
       const bool narrow = options.kernel == SpmmKernel::kAuto
-                              ? narrow_n_preferred(a.n, kBeta, a.shape.transpose)
+                              ? narrow_n_preferred(a.n, kBeta)
                               : options.kernel == SpmmKernel::kNarrow;
       if (narrow) return launch_spmm_narrow<T, kBeta>(a, dev, stream, options);
     } else if (options.kernel == SpmmKernel::kNarrow) {

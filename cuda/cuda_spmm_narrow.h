@@ -8,8 +8,9 @@
 // block, it
 //   1. stages the block's beta x tile slice of D as float32 in its own shared memory, and
 //   2. adds the block's products to its own float32 partial sums of the line's output.
-// The lanes form slots of tile / 4 lanes; a lane handles four columns of n for the nonzero of
-// its slot, so one warp instruction serves 128 / tile nonzeros (NarrowShape).
+// The lanes form slots of tile / kVec lanes (one lane at n <= 16); a lane handles kVec columns
+// of n for the nonzero of its slot, so one warp instruction serves up to 32 nonzeros
+// (NarrowShape).
 //   Forward (output row = stored row): the stored order is sorted by row, so one pass of warp
 //   shuffles finds where each row starts; slot s walks the runs of rows s, s + slots, ... and
 //   keeps those rows' sums in registers for the whole line.
@@ -38,15 +39,16 @@ namespace cg = cooperative_groups;
 using NarrowParams = LineParams;
 
 // The lane layout of a warp for a tile of kTile columns of n, at block size kBeta.
-template <int kBeta_, int kTile_>
+template <int kBeta_, int kTile_, int kVec_>
 struct NarrowShape {
   static constexpr int kBeta = kBeta_;
   static constexpr int kTile = kTile_;
+  static constexpr int kVec = kVec_;  // columns of n per lane
   // Row stride, in floats, of a warp's staged slice and partial tile: 16-byte aligned rows,
   // skewed by four banks so that slots reading different rows spread over the banks.
   static constexpr int kStride = kTile + 4;
-  static constexpr int kGroup = kTile / 4;    // lanes per nonzero, four columns each
-  static constexpr int kSlots = 32 / kGroup;  // nonzeros per warp instruction
+  static constexpr int kGroup = kTile / kVec;  // lanes per nonzero
+  static constexpr int kSlots = 32 / kGroup;   // nonzeros per warp instruction
   // Forward: output rows per slot (rows slot, slot + kSlots, ...), summed in registers.
   static constexpr int kRows = (kBeta + kSlots - 1) / kSlots;
   // Floats of shared memory per warp: the staged slice (which also takes the partial tile at
@@ -56,6 +58,7 @@ struct NarrowShape {
     return transpose ? 2 * kBeta * kStride : kBeta * kStride + (kBeta + 4) / 4 * 4;
   }
   static_assert(kTile == 4 || kTile == 8 || kTile == 16 || kTile == 32, "tiles of 4 to 32");
+  static_assert(kVec % 4 == 0 && kTile % kVec == 0, "lanes hold whole float4 pieces of a row");
 };
 
 // Four consecutive values of the dense operand as float32, zero outside [0, valid).
@@ -88,8 +91,8 @@ __device__ __forceinline__ void stage_slice(const NarrowParams& p, float* slice,
       const int i = i0 + 32 * u;
       int64_t gc, gn;
       if (!kBatchLeading) {
-        gc = in_base + i / S::kGroup;
-        gn = n0 + i % S::kGroup * 4;
+        gc = in_base + i / (S::kTile / 4);
+        gn = n0 + i % (S::kTile / 4) * 4;
       } else {
         // n fastest over the lanes: the four stores of a lane then hit distinct banks.
         gc = in_base + i / S::kTile * 4;
@@ -109,7 +112,8 @@ __device__ __forceinline__ void stage_slice(const NarrowParams& p, float* slice,
       const int i = i0 + 32 * u;
       if (i >= kSteps) break;
       if (!kBatchLeading) {
-        *reinterpret_cast<float4*>(slice + i / S::kGroup * S::kStride + i % S::kGroup * 4) = v[u];
+        float* dst = slice + i / (S::kTile / 4) * S::kStride + i % (S::kTile / 4) * 4;
+        *reinterpret_cast<float4*>(dst) = v[u];
       } else {
         float* dst = slice + i / S::kTile * 4 * S::kStride + i % S::kTile;
         dst[0] = v[u].x;
@@ -174,11 +178,11 @@ __device__ __forceinline__ float4 fma4(float v, float4 d, float4 acc) {
 }
 
 // Forward: adds the products of one CSB block (nonzeros [0, count) of local/values) to the
-// lane's rows, acc[i] for row slot + i * kSlots and the lane's four columns.
+// lane's rows: acc[i] for row slot + i * kSlots and the lane's kVec columns.
 template <typename T, class S>
 __device__ __forceinline__ void add_block_forward(const uint16_t* local, const T* values, int count,
                                                   const int* start, const float* slice, int slot,
-                                                  int q, float4 (&acc)[S::kRows]) {
+                                                  int q, float4 (&acc)[S::kRows][S::kVec / 4]) {
   auto clamp = [count](int e) { return std::min(std::max(e, 0), count); };
 #pragma unroll
   for (int i = 0; i < S::kRows; ++i) {
@@ -189,8 +193,10 @@ __device__ __forceinline__ void add_block_forward(const uint16_t* local, const T
     for (int k = kb; k < ke; ++k) {
       const int c = __ldg(local + k) & 0xff;
       if (c >= S::kBeta) continue;  // outside the block: corrupt structure, skipped
-      const float4 d = *reinterpret_cast<const float4*>(slice + c * S::kStride + q * 4);
-      acc[i] = fma4(to_float(__ldg(values + k)), d, acc[i]);
+      const float v = to_float(__ldg(values + k));
+      const float4* d = reinterpret_cast<const float4*>(slice + c * S::kStride + q * S::kVec);
+#pragma unroll
+      for (int j = 0; j < S::kVec / 4; ++j) acc[i][j] = fma4(v, d[j], acc[i][j]);
     }
   }
 }
@@ -203,28 +209,29 @@ template <typename T, class S>
 __device__ __forceinline__ void add_block_transposed(const uint16_t* local, const T* values,
                                                      int count, const float* slice, float* part,
                                                      int slot, int q) {
+  constexpr int kPieces = S::kVec / 4;
   for (int k0 = 0; k0 < count; k0 += S::kSlots) {
     const int k = k0 + slot;
-    int c = -1;
+    int c = -1, r = 0;
     float v = 0.0f;
-    float4 d = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (k < count) {
       const uint16_t loc = __ldg(local + k);
-      const int r = loc >> 8;
+      r = loc >> 8;
       c = loc & 0xff;
       v = to_float(__ldg(values + k));
-      if (r < S::kBeta && c < S::kBeta) {
-        d = *reinterpret_cast<const float4*>(slice + r * S::kStride + q * 4);
-      } else {
-        c = -1;  // outside the block: corrupt structure, skipped
-      }
+      if (r >= S::kBeta || c >= S::kBeta) c = -1;  // outside the block: corrupt, skipped
     }
     // Lanes of earlier slots with the same column: the turn of this lane's nonzero.
     const unsigned same = __match_any_sync(0xffffffffu, c >= 0 ? c : 256 + slot);
     const int turn = __popc(same & ((1u << (threadIdx.x % 32)) - 1u)) / S::kGroup;
     const int turns = __reduce_max_sync(0xffffffffu, static_cast<unsigned>(turn));
+    const float4* d = reinterpret_cast<const float4*>(slice + r * S::kStride + q * S::kVec);
+    float* dst = part + (c >= 0 ? c : 0) * S::kStride + q * S::kVec;
     for (int t = 0; t <= turns; ++t) {
-      if (t == turn && c >= 0) add4(part + c * S::kStride + q * 4, fma4(v, d, {}));
+      if (t == turn && c >= 0) {
+#pragma unroll
+        for (int j = 0; j < kPieces; ++j) add4(dst + 4 * j, fma4(v, d[j], {}));
+      }
       __syncwarp();
     }
   }
@@ -263,9 +270,12 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
     const int64_t n0 = t * S::kTile;
-    float4 acc[S::kRows];
+    float4 acc[S::kRows][S::kVec / 4];
 #pragma unroll
-    for (int i = 0; i < S::kRows; ++i) acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int i = 0; i < S::kRows; ++i) {
+#pragma unroll
+      for (int j = 0; j < S::kVec / 4; ++j) acc[i][j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     if (kTranspose) {
       for (int i = lane; i < kBeta * kStride; i += 32) part[i] = 0.0f;
     }
@@ -278,7 +288,7 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
       stage_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
       if (!kTranspose) find_row_starts<kBeta>(p.local + e0, count, start);
       __syncwarp();  // the slice (and the row starts) are read by other lanes
-      if (!kTranspose) {
+      if constexpr (!kTranspose) {
         add_block_forward<T, S>(p.local + e0, values + e0, count, start, slice, slot, q, acc);
       } else {
         add_block_transposed<T, S>(p.local + e0, values + e0, count, slice, part, slot, q);
@@ -289,7 +299,11 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
 #pragma unroll
       for (int i = 0; i < S::kRows; ++i) {
         const int r = slot + i * S::kSlots;
-        if (r < kBeta) *reinterpret_cast<float4*>(part + r * kStride + q * 4) = acc[i];
+        float4* dst = reinterpret_cast<float4*>(part + r * kStride + q * S::kVec);
+#pragma unroll
+        for (int j = 0; j < S::kVec / 4; ++j) {
+          if (r < kBeta) dst[j] = acc[i][j];
+        }
       }
     }
 
@@ -339,18 +353,28 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
                       stream);
 }
 
+// Lanes per nonzero: one lane holds up to 16 columns of n. Fewer lanes per nonzero mean more
+// nonzeros per instruction (per-nonzero work is most of the cost), at the price of wider
+// accumulators and, transposed, more nonzeros of a wave that share a column.
+template <int kBeta, int kTile, bool kTranspose>
+using Shape = NarrowShape<kBeta, kTile, (kTile < 16 ? kTile : 16)>;
+
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
 cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                         const SpmmOptions& options) {
   switch (narrow_tile(a.n)) {
     case 4:
-      return launch<T, NarrowShape<kBeta, 4>, kTranspose, kBatchLeading>(a, dev, stream, options);
+      return launch<T, Shape<kBeta, 4, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
+                                                                               options);
     case 8:
-      return launch<T, NarrowShape<kBeta, 8>, kTranspose, kBatchLeading>(a, dev, stream, options);
+      return launch<T, Shape<kBeta, 8, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
+                                                                               options);
     case 16:
-      return launch<T, NarrowShape<kBeta, 16>, kTranspose, kBatchLeading>(a, dev, stream, options);
+      return launch<T, Shape<kBeta, 16, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
+                                                                                options);
   }
-  return launch<T, NarrowShape<kBeta, 32>, kTranspose, kBatchLeading>(a, dev, stream, options);
+  return launch<T, Shape<kBeta, 32, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
+                                                                            options);
 }
 
 }  // namespace narrow_detail
