@@ -49,6 +49,12 @@ struct CsbShape {
   }
 };
 
+// Fraction of the stored matrix's positions that hold a nonzero.
+JAXCSB_HD double density(const CsbShape& s, int64_t nnz) {
+  const double positions = static_cast<double>(s.rows) * static_cast<double>(s.cols);
+  return positions > 0 ? static_cast<double>(nnz) / positions : 0.0;
+}
+
 JAXCSB_HD int local_row(uint16_t local) { return local >> 8; }
 JAXCSB_HD int local_col(uint16_t local) { return local & 0xff; }
 

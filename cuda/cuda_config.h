@@ -74,12 +74,17 @@ constexpr int kNarrowMaxTile = 32;
 constexpr int kNarrowMaxWarps = 8;
 constexpr size_t kNarrowSmemBudget = 96 * 1024;
 
-// Whether the heuristic picks the narrow kernel: where it was faster than the wide one on an
-// H100/H200 (kernel_check bench, beta 64, bfloat16 4096 x 4096 and 11008 x 4096 at 80-90% and
-// float32 4096 x 1024 at 90%): forward 2.1-6.6x faster for n = 8-32 and 10x at n = 1 (1.8x
-// slower at 64); transposed 1.3-3.5x faster for n = 8-32 and 6x at n = 1.
-constexpr bool narrow_n_preferred(long long n, int beta) {
-  return beta <= kNarrowMaxBeta && n <= kNarrowMaxTile;
+// Whether the heuristic picks the narrow kernel, from where it was faster than the wide one on
+// an H100 (kernel_check bench and the gpu-targets benchmark, beta 64). Its cost per nonzero
+// grows with n, while the wide kernel's per-block costs shrink per nonzero as blocks fill up, so
+// the rule bounds n and n x density:
+//   bfloat16 4096 x 4096 and 11008 x 4096, 80-90%: forward 3-10x faster for n = 1-16 and 2.2x
+//     at n = 32 (density 0.1); transposed 1.9-6x for n = 1-16;
+//   float32 DLMC rn50 final_dense (2048 x 1000), n = 32: forward 1.2x slower at density 0.2,
+//     transposed 1.3x slower at density 0.1 and 1.6-1.9x at 0.2;
+//   n = 64: 1.8x slower in either direction.
+constexpr bool narrow_n_preferred(long long n, int beta, double density, bool transpose) {
+  return beta <= kNarrowMaxBeta && n <= (transpose ? 16 : 32) && n * density <= 4.0;
 }
 
 // The configurations in use. Both kernel families are specialised per beta because the

@@ -412,9 +412,10 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
     if constexpr (kBeta <= kNarrowMaxBeta) {
-      const bool narrow = options.kernel == SpmmKernel::kAuto
-                              ? narrow_n_preferred(a.n, kBeta)
-                              : options.kernel == SpmmKernel::kNarrow;
+      const bool narrow =
+          options.kernel == SpmmKernel::kAuto
+              ? narrow_n_preferred(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose)
+              : options.kernel == SpmmKernel::kNarrow;
       if (narrow) return launch_spmm_narrow<T, kBeta>(a, dev, stream, options);
     } else if (options.kernel == SpmmKernel::kNarrow) {
       return cudaErrorInvalidValue;

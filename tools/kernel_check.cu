@@ -407,7 +407,8 @@ int run_check(int level, const DeviceInfo& dev) {
               // The kernel the heuristic picks, and at block sizes that both serve, the other.
               for (SpmmKernel kernel :
                    {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow}) {
-                const bool narrow_by_default = narrow_n_preferred(n, beta);
+                const bool narrow_by_default = narrow_n_preferred(
+                    n, beta, density(m.shape, static_cast<int64_t>(m.values.size())), tr);
                 if (kernel != SpmmKernel::kAuto &&
                     (beta > kNarrowMaxBeta || narrow_by_default == (kernel == SpmmKernel::kNarrow)))
                   continue;
