@@ -11,7 +11,7 @@
 #   transformer  models/transformer_lm.py --preset gpu at 90% (fewer steps: timings, not accuracy)
 #   scaling      models/transformer_scaling.py --preset gpu --batch-size 64 (2+ GPUs only)
 # BENCH_TIME_LIMIT (seconds, default 600) stops the benchmark from starting new cases; the whole
-# preset takes about 6 minutes on an H100.
+# preset takes 5-6 minutes on an H100.
 set -u -o pipefail
 
 OUT=${1:?usage: tools/gpu_results.sh OUTDIR}
