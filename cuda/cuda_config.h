@@ -74,17 +74,28 @@ constexpr int kNarrowMaxTile = 32;
 constexpr int kNarrowMaxWarps = 8;
 constexpr size_t kNarrowSmemBudget = 96 * 1024;
 
+// Warps per thread block of the narrow family's matrix-vector walk (n = 1, cuda_spmm_vector.h),
+// which needs no shared memory beyond a column of partial sums per warp.
+constexpr int kVectorMaxWarps = 16;
+
+// Whether the narrow kernel serves block size beta (at any n: wider n runs in tiles).
+constexpr bool narrow_n_supported(int beta) { return beta <= kNarrowMaxBeta; }
+
 // Whether the heuristic picks the narrow kernel, from where it was faster than the wide one on
 // an H100 (kernel_check bench and the gpu-targets benchmark, beta 64). Its cost per nonzero
 // grows with n, while the wide kernel's per-block costs shrink per nonzero as blocks fill up, so
 // the rule bounds n and n x density:
-//   bfloat16 4096 x 4096 and 11008 x 4096, 80-90%: forward 3-10x faster for n = 1-16 and 2.2x
-//     at n = 32 (density 0.1); transposed 1.9-6x for n = 1-16;
-//   float32 DLMC rn50 final_dense (2048 x 1000), n = 32: forward 1.2x slower at density 0.2,
-//     transposed 1.3x slower at density 0.1 and 1.6-1.9x at 0.2;
-//   n = 64: 1.8x slower in either direction.
+//   bfloat16 4096 x 4096 and 11008 x 4096, 80-90%: forward 3-10x faster for n = 1-16, 2.2x at
+//     n = 32 (density 0.1) and 1.2-1.4x at n = 64 (density 0.1 and 0.2); transposed 1.9-6x
+//     faster for n = 1-16, 1.3x faster at n = 32 and 1.6-2.4x slower at n = 64;
+//   float32 1000 x 2048 (DLMC rn50 final_dense and uniform): forward 1.14-1.16x slower at
+//     density 0.2 (n = 32 and 64: its 16 lines keep few warps busy), as fast at density 0.1 and
+//     n = 64; transposed 1.3x slower at density 0.1 and 1.6-1.9x at 0.2 (n = 32).
+// Forward: n <= 64 at density <= 0.11 (about 90% sparsity and sparser), else n x density <= 4.
 constexpr bool narrow_n_preferred(long long n, int beta, double density, bool transpose) {
-  return beta <= kNarrowMaxBeta && n <= (transpose ? 16 : 32) && n * density <= 4.0;
+  if (!narrow_n_supported(beta)) return false;
+  if (transpose) return n <= 16 && n * density <= 4.0;
+  return n <= 64 && (density <= 0.11 || n * density <= 4.0);
 }
 
 // The configurations in use. Both kernel families are specialised per beta because the

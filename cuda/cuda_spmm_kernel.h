@@ -411,7 +411,7 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
                               const SpmmOptions& options) {
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
-    if constexpr (kBeta <= kNarrowMaxBeta) {
+    if constexpr (narrow_n_supported(kBeta)) {
       const bool narrow =
           options.kernel == SpmmKernel::kAuto
               ? narrow_n_preferred(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose)

@@ -17,6 +17,8 @@
 //   Transposed (output row = stored column): the slots take consecutive stored nonzeros side by
 //   side, each adding into its own row of a partial tile in shared memory; nonzeros of one wave
 //   that share a column take turns in storage order.
+// At n = 1 the forward product is a matrix-vector product and takes a walk of its own
+// (cuda_spmm_vector.h), with the lanes over consecutive nonzeros instead of over rows.
 // The warps of a thread block take the line's positions in turn; at the end their partial
 // tiles are added in warp order and, when a cluster splits the line, in rank order through
 // distributed shared memory. Every sum has a fixed order: results are bitwise reproducible,
@@ -29,14 +31,13 @@
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
+#include "cuda_spmm_vector.h"
 #include "cuda_utils.h"
 
 namespace jaxcsb::cuda {
 namespace narrow_detail {
 
 namespace cg = cooperative_groups;
-
-using NarrowParams = LineParams;
 
 // The lane layout of a warp for a tile of kTile columns of n, at block size kBeta.
 template <int kBeta_, int kTile_, int kVec_>
@@ -79,7 +80,7 @@ __device__ __forceinline__ float4 load4(const T* src, int valid, bool vec) {
 // contiguous axis (n for row-major D, the features for the batch-leading layout), kBatch steps
 // loaded before any is stored so that their latencies overlap.
 template <typename T, class S, bool kBatchLeading>
-__device__ __forceinline__ void stage_slice(const NarrowParams& p, float* slice, int64_t in_base,
+__device__ __forceinline__ void stage_slice(const LineParams& p, float* slice, int64_t in_base,
                                             int64_t n0, bool vec) {
   constexpr int kSteps = S::kBeta * S::kTile / 4, kBatch = 4;
   const T* dense = static_cast<const T*>(p.dense);
@@ -155,17 +156,6 @@ __device__ __forceinline__ void find_row_starts(const uint16_t* local, int count
   __syncwarp();
 }
 
-// Brings the nonzeros of a warp's blocks into L2 ahead of use: the walks that follow would
-// otherwise wait on memory once per dependent load.
-template <typename T>
-__device__ __forceinline__ void prefetch_range(const uint16_t* local, const T* values, int64_t e0,
-                                               int64_t e1) {
-  for (int64_t e = e0; e < e1; e += 128 / sizeof(T)) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(values + e));
-  }
-  for (int64_t e = e0; e < e1; e += 64) asm volatile("prefetch.global.L2 [%0];" ::"l"(local + e));
-}
-
 __device__ __forceinline__ void add4(float* dst, float4 v) {
   float4* d = reinterpret_cast<float4*>(dst);
   const float4 o = *d;
@@ -238,7 +228,7 @@ __device__ __forceinline__ void add_block_transposed(const uint16_t* local, cons
 }
 
 template <typename T, class S, bool kTranspose, bool kBatchLeading>
-__global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const NarrowParams p) {
+__global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const LineParams p) {
   constexpr int kBeta = S::kBeta, kStride = S::kStride, kWarpFloats = S::warp_floats(kTranspose);
   extern __shared__ __align__(16) float smem_f[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -260,12 +250,8 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
   const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
   const bool vec = addr % (4 * sizeof(T)) == 0 && row_len % 4 == 0;
 
-  for (int64_t pos = pos_begin + warp; pos < pos_end && blockIdx.y == 0; pos += warps) {
-    const int64_t b = kTranspose ? pos * p.block_cols + line : line * p.block_cols + pos;
-    int64_t e0, e1;
-    block_range(p.block_ptr, b, p.nnz, &e0, &e1);
-    const int64_t span = e1 - e0, share = (span + 31) / 32;
-    prefetch_range(p.local, values, e0 + lane * share, std::min(e1, e0 + (lane + 1) * share));
+  if (blockIdx.y == 0) {
+    prefetch_blocks(p, values, line, kTranspose, pos_begin + warp, pos_end, warps);
   }
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
@@ -280,9 +266,8 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Narr
       for (int i = lane; i < kBeta * kStride; i += 32) part[i] = 0.0f;
     }
     for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
-      const int64_t b = kTranspose ? pos * p.block_cols + line : line * p.block_cols + pos;
       int64_t e0, e1;
-      block_range(p.block_ptr, b, p.nnz, &e0, &e1);
+      block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
       if (e0 >= e1) continue;
       const int count = static_cast<int>(e1 - e0);
       stage_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
@@ -331,7 +316,7 @@ template <typename T, class S, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
   auto kernel = narrow_kernel<T, S, kTranspose, kBatchLeading>;
-  NarrowParams p{};
+  LineParams p{};
   set_line_params(a, &p);
   p.num_tiles = (a.n + S::kTile - 1) / S::kTile;
 
@@ -385,6 +370,7 @@ cudaError_t launch_spmm_narrow(const SpmmArgs& a, const DeviceInfo& dev, cudaStr
                                const SpmmOptions& options) {
   const bool tr = a.shape.transpose, bl = a.batch_leading;
   using namespace narrow_detail;
+  if (!tr && a.n == 1) return launch_spmv<T, kBeta>(a, dev, stream, options);
   if (!tr && !bl) return launch_tile<T, kBeta, false, false>(a, dev, stream, options);
   if (!tr && bl) return launch_tile<T, kBeta, false, true>(a, dev, stream, options);
   if (tr && !bl) return launch_tile<T, kBeta, true, false>(a, dev, stream, options);

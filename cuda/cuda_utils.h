@@ -198,6 +198,35 @@ __device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b,
   *end = e1;
 }
 
+// The index of the block at position `pos` of a line: along a block-row of S, or down a
+// block-column when the product is transposed.
+__device__ __forceinline__ int64_t line_block(const LineParams& p, int64_t line, int64_t pos,
+                                              bool transpose) {
+  return transpose ? pos * p.block_cols + line : line * p.block_cols + pos;
+}
+
+// Asks L2 for the nonzeros (local indices and values) of a warp's blocks, those at positions
+// first, first + step, ... below end of the line, each block's range split over the lanes: a
+// walk over them would otherwise wait on memory at every dependent load.
+template <typename T>
+__device__ __forceinline__ void prefetch_blocks(const LineParams& p, const T* values, int64_t line,
+                                                bool transpose, int64_t first, int64_t end,
+                                                int64_t step) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t pos = first; pos < end; pos += step) {
+    int64_t e0, e1;
+    block_range(p.block_ptr, line_block(p, line, pos, transpose), p.nnz, &e0, &e1);
+    const int64_t share = (e1 - e0 + 31) / 32;
+    const int64_t lo = e0 + lane * share, hi = std::min(e1, lo + share);
+    for (int64_t e = lo; e < hi; e += 128 / sizeof(T)) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(values + e));
+    }
+    for (int64_t e = lo; e < hi; e += 64) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p.local + e));
+    }
+  }
+}
+
 // Calls f(std::integral_constant<int, beta>{}) for the supported block sizes.
 template <typename F>
 cudaError_t dispatch_beta(int beta, F&& f) {

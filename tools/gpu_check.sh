@@ -45,7 +45,7 @@ step() {
 REV=$(git rev-parse --short HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null || REV="$REV+dirty"; }
 # A fingerprint of the sources that the check exercises, which does not depend on the git
 # metadata travelling with a copied tree: compare with the same line run on a checkout.
-SRC=$(find cuda jaxcsb tools/kernel_check.cu -type f \( -name '*.cu' -o -name '*.h' -o -name '*.cc' \
+SRC=$(find cuda jaxcsb models python_tests tools/kernel_check.cu -type f \( -name '*.cu' -o -name '*.h' -o -name '*.cc' \
   -o -name '*.py' \) | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-12)
 note "gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) ${REV:-} sources $SRC"
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
