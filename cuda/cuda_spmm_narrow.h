@@ -239,12 +239,8 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
   float* part = kTranspose ? slice + kBeta * kStride : slice;
   int* start = reinterpret_cast<int*>(slice + kBeta * kStride);
 
-  const int csize = p.cluster;
-  const int rank = static_cast<int>(blockIdx.x % csize);
-  const int64_t line = blockIdx.x / csize;
+  const auto [line, pos_begin, pos_end] = line_part(p);
   if (line >= p.num_lines) return;  // uniform over the cluster
-  const int64_t pos_begin = rank * p.line_length / csize;
-  const int64_t pos_end = (rank + 1) * p.line_length / csize;
   const T* values = static_cast<const T*>(p.values);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(p.dense);
   const int64_t row_len = kBatchLeading ? p.in_dim : p.n;

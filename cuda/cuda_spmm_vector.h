@@ -158,12 +158,8 @@ __global__ void __launch_bounds__(32 * kVectorMaxWarps) vector_kernel(const Line
   for (int i = lane; i < kBeta; i += 32) part[i] = 0.0f;
   __syncwarp();
 
-  const int csize = p.cluster;
-  const int rank = static_cast<int>(blockIdx.x % csize);
-  const int64_t line = blockIdx.x / csize;
+  const auto [line, pos_begin, pos_end] = line_part(p);
   if (line >= p.num_lines) return;  // uniform over the cluster
-  const int64_t pos_begin = rank * p.line_length / csize;
-  const int64_t pos_end = (rank + 1) * p.line_length / csize;
   const T* values = static_cast<const T*>(p.values);
   const T* vector = static_cast<const T*>(p.dense);
   const bool vec = reinterpret_cast<uintptr_t>(p.local) % 16 == 0 &&

@@ -198,6 +198,16 @@ __device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b,
   *end = e1;
 }
 
+// The part of a line that a thread block of the narrow family walks: the cluster's line, and
+// the block's even share [pos_begin, pos_end) of the line's positions.
+struct LinePart {
+  int64_t line, pos_begin, pos_end;
+};
+__device__ __forceinline__ LinePart line_part(const LineParams& p) {
+  const int csize = p.cluster, rank = static_cast<int>(blockIdx.x % csize);
+  return {blockIdx.x / csize, rank * p.line_length / csize, (rank + 1) * p.line_length / csize};
+}
+
 // The index of the block at position `pos` of a line: along a block-row of S, or down a
 // block-column when the product is transposed.
 __device__ __forceinline__ int64_t line_block(const LineParams& p, int64_t line, int64_t pos,
