@@ -142,16 +142,22 @@ def time_peers(checked: dict, problem, settings: Settings) -> None:
     all."""
     rounds = max(1, settings.rounds)
     estimates, timings = {}, {name: [] for name in checked}
-    for name, (rec, (timer, _)) in checked.items():
+    failed = set()  # peers whose timing raised: their records say why
+
+    def fail(name, e):
+        failed.add(name)
+        checked[name][0].update(status="error", reason=f"timing: {type(e).__name__}: {e}")
+
+    for name, (_, (timer, _)) in checked.items():
         try:
             estimates[name] = timer.estimate()
         except Exception as e:
-            rec.update(status="error", reason=f"timing: {type(e).__name__}: {e}")
+            fail(name, e)
     for _ in range(rounds):
         for name in estimates:
-            rec, (timer, _) = checked[name]
-            if rec.get("status") == "error":
+            if name in failed:
                 continue
+            timer = checked[name][1][0]
             try:
                 timings[name].append(
                     timer.measure(
@@ -162,9 +168,9 @@ def time_peers(checked: dict, problem, settings: Settings) -> None:
                     )
                 )
             except Exception as e:
-                rec.update(status="error", reason=f"timing: {type(e).__name__}: {e}")
+                fail(name, e)
     for name, (rec, (_, prep)) in checked.items():
-        if rec.get("status") == "error" or not timings[name]:
+        if name in failed or not timings[name]:
             continue
         ts, last = timings[name], timings[name][-1]
         seconds = statistics.median(t.ms for t in ts) * 1e-3
