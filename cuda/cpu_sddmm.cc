@@ -13,14 +13,13 @@
 #include "cpu_copy.h"
 #include "cpu_kernels.h"
 #include "cpu_types.h"
+#include "cpu_vectors.h"
 
 namespace jaxcsb::cpu {
 namespace {
 
 // Columns of n per tile: the staged rows of a 1024-column R then take 2 MiB.
 constexpr int64_t kTileWidth = 512;
-
-typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
 
 inline float sum8(Vec8 v) {
   return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
@@ -37,11 +36,11 @@ __attribute__((always_inline)) inline void dot4(const float* const* a, const flo
   int64_t j = 0;
   for (; j + 8 <= width; j += 8) {
     if constexpr (kSharedA) {
-      const Vec8 x = *reinterpret_cast<const Vec8*>(a[0] + j);
-      for (int q = 0; q < 4; ++q) s[q] += x * *reinterpret_cast<const Vec8*>(b[q] + j);
+      const Vec8 x = load<Vec8>(a[0] + j);
+      for (int q = 0; q < 4; ++q) s[q] += x * load<Vec8>(b[q] + j);
     } else {
       for (int q = 0; q < 4; ++q) {
-        s[q] += *reinterpret_cast<const Vec8*>(a[q] + j) * *reinterpret_cast<const Vec8*>(b[q] + j);
+        s[q] += load<Vec8>(a[q] + j) * load<Vec8>(b[q] + j);
       }
     }
   }
@@ -68,7 +67,7 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
     Vec8 s = {};
     int64_t j = 0;
     for (; j + 8 <= width; j += 8) {
-      s += *reinterpret_cast<const Vec8*>(a[k] + j) * *reinterpret_cast<const Vec8*>(b[k] + j);
+      s += load<Vec8>(a[k] + j) * load<Vec8>(b[k] + j);
     }
     float tail = 0.0f;
     for (int64_t t = j; t < width; ++t) tail += a[k][t] * b[k][t];

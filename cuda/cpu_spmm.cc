@@ -20,13 +20,10 @@
 #include "cpu_copy.h"
 #include "cpu_kernels.h"
 #include "cpu_types.h"
+#include "cpu_vectors.h"
 
 namespace jaxcsb::cpu {
 namespace {
-
-// Columns kept in registers per output row: 8 AVX2 (4 AVX-512) registers, enough independent
-// accumulators to hide the fused multiply-add latency.
-constexpr int64_t kChunk = 64;
 
 // Columns per work item. Wider tiles amortise the per-block work (staging, looping over
 // segments) over more arithmetic; on one AVX-512 core, 2048 x 512 at 90% sparsity with
@@ -157,61 +154,82 @@ class SliceEntries {
   std::vector<int64_t> count_;
 };
 
-// Eight floats; aligned(4) makes loads and stores through it unaligned-safe.
-typedef float Vec8 __attribute__((vector_size(32), aligned(4)));
-constexpr int kVecs = kChunk / 8;
+// The nonzeros of one output row within a block, and the block's slice of the dense operand
+// that they scale: nonzero k adds values[k] times row (local[k] >> in_shift & 0xff) of `rows`.
+struct RowRun {
+  const float* rows;
+  int64_t stride;  // between the rows of `rows`
+  const uint16_t* local;
+  const float* values;
+  int64_t count;
+  int in_shift;
+};
 
-// acc[0, kVecs * 8) += (or, when `fresh`, =) sum_k values[k] * rows[in(local[k]) * stride + ...],
-// with the kVecs vectors of the row in registers while all of the row's nonzeros are added.
-template <int kVecs>
-__attribute__((always_inline)) inline void accumulate_vectors(float* acc, const float* rows,
-                                                              int64_t stride, const uint16_t* local,
-                                                              const float* values, int64_t count,
-                                                              int in_shift, bool fresh) {
-  Vec8 r[kVecs];
-  for (int c = 0; c < kVecs; ++c)
-    r[c] = fresh ? Vec8{} : *reinterpret_cast<const Vec8*>(acc + 8 * c);
-  for (int64_t k = 0; k < count; ++k) {
-    const float v = values[k];
-    const float* d = rows + (local[k] >> in_shift & 0xff) * stride;
-    for (int c = 0; c < kVecs; ++c) r[c] += v * *reinterpret_cast<const Vec8*>(d + 8 * c);
+// acc[j, j + kVecs * lanes) += (or, when `fresh`, =) the run's sum over those columns, with the
+// kVecs vectors in registers while all of the run's nonzeros are added.
+template <typename Vec, int kVecs>
+__attribute__((always_inline)) inline void accumulate_vectors(float* acc, const RowRun& run,
+                                                              int64_t j, bool fresh) {
+  constexpr int kLanes = lanes<Vec>;
+  Vec r[kVecs];
+  for (int c = 0; c < kVecs; ++c) r[c] = fresh ? Vec{} : load<Vec>(acc + j + kLanes * c);
+  for (int64_t k = 0; k < run.count; ++k) {
+    const float v = run.values[k];
+    const float* d = run.rows + (run.local[k] >> run.in_shift & 0xff) * run.stride + j;
+    for (int c = 0; c < kVecs; ++c) r[c] += v * load<Vec>(d + kLanes * c);
   }
-  for (int c = 0; c < kVecs; ++c) *reinterpret_cast<Vec8*>(acc + 8 * c) = r[c];
+  for (int c = 0; c < kVecs; ++c) store(acc + j + kLanes * c, r[c]);
 }
 
-// acc[0, width) += (or, when `fresh`, =) sum_k values[k] * rows[(local[k] >> in_shift & 0xff) *
-// stride + (0, width)]: 64 columns at a time, then 32, 16 and 8, then the last few one by one,
-// each piece with its accumulators in registers. Written with vector extensions (the plain loop
-// tempted the vectoriser into gathers across nonzeros); each clone inlines the pieces.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void accumulate_row(
-    float* acc, const float* rows, int64_t stride, const uint16_t* local, const float* values,
-    int64_t count, int in_shift, int64_t width, bool fresh) {
-  int64_t j = 0;
-  for (; j + kChunk <= width; j += kChunk) {
-    accumulate_vectors<kVecs>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
+// Columns [j, width) in pieces of kVecs vectors while they fit, then of half as many, down to
+// one 8-float vector; returns the first column left (fewer than 8 remain).
+template <typename Vec, int kVecs>
+__attribute__((always_inline)) inline int64_t accumulate_pieces(float* acc, const RowRun& run,
+                                                                int64_t j, int64_t width,
+                                                                bool fresh) {
+  for (; j + kVecs * lanes<Vec> <= width; j += kVecs * lanes<Vec>) {
+    accumulate_vectors<Vec, kVecs>(acc, run, j, fresh);
   }
-  if (j + 32 <= width) {
-    accumulate_vectors<4>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
-    j += 32;
-  }
-  if (j + 16 <= width) {
-    accumulate_vectors<2>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
-    j += 16;
-  }
-  if (j + 8 <= width) {
-    accumulate_vectors<1>(acc + j, rows + j, stride, local, values, count, in_shift, fresh);
-    j += 8;
-  }
+  if constexpr (kVecs > 1) return accumulate_pieces<Vec, kVecs / 2>(acc, run, j, width, fresh);
+  if constexpr (lanes<Vec> > 8) return accumulate_pieces<Vec8, 1>(acc, run, j, width, fresh);
+  return j;
+}
+
+// acc[0, width) += (or, when `fresh`, =) the run's sum: eight vectors at a time (enough
+// independent accumulators to hide the multiply-add latency), then narrower pieces, then the
+// last few columns one by one. Written with vector extensions: the plain loop tempted the
+// vectoriser into gathers across nonzeros.
+template <typename Vec>
+__attribute__((always_inline)) inline void accumulate_row_with(float* acc, const RowRun& run,
+                                                               int64_t width, bool fresh) {
+  const int64_t j = accumulate_pieces<Vec, 8>(acc, run, 0, width, fresh);
   if (j == width) return;
   float r[8];
   const int rest = static_cast<int>(width - j);
   for (int c = 0; c < rest; ++c) r[c] = fresh ? 0.0f : acc[j + c];
-  for (int64_t k = 0; k < count; ++k) {
-    const float v = values[k];
-    const float* d = rows + (local[k] >> in_shift & 0xff) * stride + j;
+  for (int64_t k = 0; k < run.count; ++k) {
+    const float v = run.values[k];
+    const float* d = run.rows + (run.local[k] >> run.in_shift & 0xff) * run.stride + j;
     for (int c = 0; c < rest; ++c) r[c] += v * d[c];
   }
   for (int c = 0; c < rest; ++c) acc[j + c] = r[c];
+}
+
+// One version per instruction set, chosen when the module loads. With AVX-512 the row's
+// accumulators are 16-float vectors (128 columns at a time): half the loads and multiply-adds
+// of 8-float ones. At 2048 x 512, 90% sparsity, n = 256 on two cores, A @ B went from
+// 1.0 to 0.75 ms.
+__attribute__((target("arch=x86-64-v4"))) void accumulate_row(float* acc, const RowRun& run,
+                                                              int64_t width, bool fresh) {
+  accumulate_row_with<Vec16>(acc, run, width, fresh);
+}
+__attribute__((target("arch=x86-64-v3"))) void accumulate_row(float* acc, const RowRun& run,
+                                                              int64_t width, bool fresh) {
+  accumulate_row_with<Vec8>(acc, run, width, fresh);
+}
+__attribute__((target("default"))) void accumulate_row(float* acc, const RowRun& run, int64_t width,
+                                                       bool fresh) {
+  accumulate_row_with<Vec8>(acc, run, width, fresh);
 }
 
 // Returns columns n0 .. n0 + width of D as float32 rows (in_dim of them) of stride
@@ -328,8 +346,9 @@ void spmm(const SpmmProblem& p, const int32_t* block_ptr, const uint16_t* local,
           const int out = axes.out(block.local[k]);
           int64_t end = k + 1;
           while (end < block.nnz && axes.out(block.local[end]) == out) ++end;
-          accumulate_row(rows + out * row_stride, tile + block.slab_offset, stride, block.local + k,
-                         block.values + k, end - k, axes.in_shift, width, !touched[out]);
+          const RowRun run{tile + block.slab_offset, stride,  block.local + k,
+                           block.values + k,         end - k, axes.in_shift};
+          accumulate_row(rows + out * row_stride, run, width, !touched[out]);
           touched[out] = 1;
           k = end;
         }
