@@ -288,15 +288,8 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
       }
     }
 
-    // The warps' partial tiles, added in warp order into warp 0's.
-    __syncthreads();
     float* sum = part - warp * kWarpFloats;  // warp 0's partial tile
-    for (int i = threadIdx.x; i < kBeta * S::kTile; i += blockDim.x) {
-      const int o = i / S::kTile * kStride + i % S::kTile;
-      float s = sum[o];
-      for (int w = 1; w < warps; ++w) s += sum[w * kWarpFloats + o];
-      sum[o] = s;
-    }
+    add_warp_tiles(sum, kWarpFloats, kBeta, S::kTile, kStride);
     write_line_tile<T, kBeta, kBatchLeading>(p, sum, kStride, S::kTile, line, n0);
   }
 }
@@ -324,8 +317,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   if (err != cudaSuccess) return err;
   constexpr size_t kPerWarp = S::warp_floats(kTranspose) * sizeof(float);
   constexpr size_t kMaxSmem = std::min(kNarrowSmemBudget, kNarrowMaxWarps * kPerWarp);
-  const int64_t positions = (p.line_length + p.cluster - 1) / p.cluster;
-  int warps = static_cast<int>(std::clamp<int64_t>(positions / 2, 1, kNarrowMaxWarps));
+  int warps = static_cast<int>(std::clamp<int64_t>(rank_positions(p) / 2, 1, kNarrowMaxWarps));
   while (warps > 1 && warps * kPerWarp > kMaxSmem) --warps;
   if (kMaxSmem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
   err = allow_smem<narrow_kernel<T, S, kTranspose, kBatchLeading>>(dev.device, kMaxSmem);

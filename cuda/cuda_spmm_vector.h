@@ -186,13 +186,7 @@ __global__ void __launch_bounds__(32 * kVectorMaxWarps) vector_kernel(const Line
     }
   }
 
-  // The warps' partial columns, added in warp order into warp 0's.
-  __syncthreads();
-  for (int i = threadIdx.x; i < kBeta; i += blockDim.x) {
-    float s = parts[0][i];
-    for (int w = 1; w < warps; ++w) s += parts[w][i];
-    parts[0][i] = s;
-  }
+  add_warp_tiles(parts[0], kBeta, kBeta, 1, 1);
   // At n = 1 both layouts of the vector and of the output are the same array.
   write_line_tile<T, kBeta, false>(p, parts[0], 1, 1, line, 0);
 }
@@ -211,8 +205,7 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
   // once, the more of the memory's latency is hidden.
   cudaError_t err = line_cluster(options.cluster, dev, p.num_lines, p.line_length, 2, &p.cluster);
   if (err != cudaSuccess) return err;
-  const int64_t positions = (p.line_length + p.cluster - 1) / p.cluster;
-  const int warps = static_cast<int>(std::clamp<int64_t>(positions, 1, kVectorMaxWarps));
+  const int warps = static_cast<int>(std::clamp<int64_t>(rank_positions(p), 1, kVectorMaxWarps));
   return launch_lines(vector_detail::vector_kernel<T, kBeta>, p, p.num_lines, p.cluster, 1,
                       32 * warps, 0, stream);
 }

@@ -82,6 +82,11 @@ inline cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t bl
   return cudaSuccess;
 }
 
+// The most positions of a line that one thread block of its cluster walks (line_part).
+inline int64_t rank_positions(const LineParams& p) {
+  return (p.line_length + p.cluster - 1) / p.cluster;
+}
+
 // Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
 // along x (one cluster per line).
 template <typename Params>
@@ -267,6 +272,21 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
       return f(__half{});
   }
   return cudaErrorInvalidValue;
+}
+
+// Adds the warps' partial tiles of a thread block, in warp order, into warp 0's: warp w's
+// element (r, c) is at tiles[w * warp_stride + r * stride + c], for r < rows and c < width.
+// Called by every thread of the block once each warp has written its tile.
+__device__ __forceinline__ void add_warp_tiles(float* tiles, int warp_stride, int rows, int width,
+                                               int stride) {
+  const int warps = blockDim.x / 32;
+  __syncthreads();
+  for (int i = threadIdx.x; i < rows * width; i += blockDim.x) {
+    const int o = i / width * stride + i % width;
+    float s = tiles[o];
+    for (int w = 1; w < warps; ++w) s += tiles[w * warp_stride + o];
+    tiles[o] = s;
+  }
 }
 
 // The end of a line's n-tile, called by every thread of every block of the line's cluster once
