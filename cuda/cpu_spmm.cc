@@ -10,9 +10,9 @@
 //      forward direction, and the float32 values are read in place; the transposed direction
 //      (and other value types) gets a stably sorted, float32 copy of the positions and values,
 //      built once per line for all tiles, and
-//   3. for each output row keeps a 64-wide slice of it in registers while all of the row's
-//      nonzeros add their scaled dense rows, so the accumulator is loaded and stored once per
-//      row instead of once per nonzero.
+//   3. for each output row keeps a slice of it in registers (128 columns with AVX-512, 64
+//      otherwise) while all of the row's nonzeros add their scaled dense rows, so the
+//      accumulator is loaded and stored once per row instead of once per nonzero.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
