@@ -5,6 +5,8 @@
 
 #include <cstddef>
 
+#include "cuda_kernels.h"
+
 namespace jaxcsb::cuda {
 
 // SpMM: a thread block computes one line (kBeta output rows of op(S)) times one tile of
@@ -96,6 +98,26 @@ constexpr bool narrow_n_preferred(long long n, int beta, double density, bool tr
   if (!narrow_n_supported(beta)) return false;
   if (transpose) return n <= 16 && n * density <= 4.0;
   return n <= 64 && (density <= 0.11 || n * density <= 4.0);
+}
+
+// Tensor-core SpMM (cuda_spmm_tensor.h): 16-bit values, a warp per CSB block expanded into a
+// dense tile, at block sizes up to kTensorMaxBeta; at most kTensorMaxWarps warps (20 KiB of
+// shared memory each at beta 64) per thread block.
+constexpr int kTensorMaxBeta = 64;
+constexpr int kTensorMaxWarps = 4;
+
+constexpr bool tensor_cores_serve(int beta, bool half_precision) {
+  return half_precision && beta <= kTensorMaxBeta;
+}
+
+// The kernel family that serves a product by default. 16-bit values go to the tensor cores,
+// except the forward matrix-vector product (n = 1), where a 16-column tile would waste 15/16 of
+// the work and the narrow family's vector walk reads the weights once at near copy speed.
+constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
+                                           bool half_precision) {
+  if (tensor_cores_serve(beta, half_precision) && (n > 1 || transpose)) return SpmmKernel::kTensor;
+  if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
+  return SpmmKernel::kWide;
 }
 
 // The configurations in use. Both kernel families are specialised per beta because the

@@ -30,6 +30,7 @@
 #include "cuda_config.h"
 #include "cuda_kernels.h"
 #include "cuda_spmm_narrow.h"
+#include "cuda_spmm_tensor.h"
 #include "cuda_utils.h"
 
 namespace cg = cooperative_groups;
@@ -395,11 +396,9 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
 template <typename T, class Cfg>
 cudaError_t launch_layout(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                           const SpmmOptions& options) {
-  const bool tr = a.shape.transpose, bl = a.batch_leading;
-  if (!tr && !bl) return launch<T, Cfg, false, false>(a, dev, stream, options);
-  if (!tr && bl) return launch<T, Cfg, false, true>(a, dev, stream, options);
-  if (tr && !bl) return launch<T, Cfg, true, false>(a, dev, stream, options);
-  return launch<T, Cfg, true, true>(a, dev, stream, options);
+  return dispatch_layout(a.shape.transpose, a.batch_leading, [&](auto tr, auto bl) {
+    return launch<T, Cfg, decltype(tr)::value, decltype(bl)::value>(a, dev, stream, options);
+  });
 }
 
 }  // namespace spmm_detail
@@ -411,13 +410,21 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
                               const SpmmOptions& options) {
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
-    if constexpr (narrow_n_supported(kBeta)) {
-      const bool narrow =
-          options.kernel == SpmmKernel::kAuto
-              ? narrow_n_preferred(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose)
-              : options.kernel == SpmmKernel::kNarrow;
-      if (narrow) return launch_spmm_narrow<T, kBeta>(a, dev, stream, options);
-    } else if (options.kernel == SpmmKernel::kNarrow) {
+    constexpr bool kHalf = !std::is_same_v<T, float>;
+    const SpmmKernel kernel =
+        options.kernel != SpmmKernel::kAuto
+            ? options.kernel
+            : preferred_spmm_kernel(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose, kHalf);
+    if (kernel == SpmmKernel::kTensor) {
+      if constexpr (tensor_cores_serve(kBeta, kHalf)) {
+        return launch_spmm_tensor<T, kBeta>(a, dev, stream, options);
+      }
+      return cudaErrorInvalidValue;
+    }
+    if (kernel == SpmmKernel::kNarrow) {
+      if constexpr (narrow_n_supported(kBeta)) {
+        return launch_spmm_narrow<T, kBeta>(a, dev, stream, options);
+      }
       return cudaErrorInvalidValue;
     }
     using Cfg = typename SelectSpmm<kBeta>::type;

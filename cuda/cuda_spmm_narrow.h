@@ -356,13 +356,11 @@ cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
 template <typename T, int kBeta>
 cudaError_t launch_spmm_narrow(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                                const SpmmOptions& options) {
-  const bool tr = a.shape.transpose, bl = a.batch_leading;
   using namespace narrow_detail;
-  if (!tr && a.n == 1) return launch_spmv<T, kBeta>(a, dev, stream, options);
-  if (!tr && !bl) return launch_tile<T, kBeta, false, false>(a, dev, stream, options);
-  if (!tr && bl) return launch_tile<T, kBeta, false, true>(a, dev, stream, options);
-  if (tr && !bl) return launch_tile<T, kBeta, true, false>(a, dev, stream, options);
-  return launch_tile<T, kBeta, true, true>(a, dev, stream, options);
+  if (!a.shape.transpose && a.n == 1) return launch_spmv<T, kBeta>(a, dev, stream, options);
+  return dispatch_layout(a.shape.transpose, a.batch_leading, [&](auto tr, auto bl) {
+    return launch_tile<T, kBeta, decltype(tr)::value, decltype(bl)::value>(a, dev, stream, options);
+  });
 }
 
 }  // namespace jaxcsb::cuda

@@ -110,16 +110,22 @@ cudaError_t launch_lines(void (*kernel)(Params), const Params& params, int64_t l
 
 // Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB,
 // once per device: later launches (possibly inside a CUDA-graph capture) make no such call.
-// The kernel is a template argument so that every kernel has its own record (their function
-// pointer types are all the same).
+// With max_carveout the multiprocessors also give shared memory all the space that L1 can
+// spare, for kernels whose occupancy is bound by shared memory. The kernel is a template
+// argument so that every kernel has its own record (their function pointer types are all the
+// same).
 template <auto kKernel>
-cudaError_t allow_smem(int device, size_t smem) {
+cudaError_t allow_smem(int device, size_t smem, bool max_carveout = false) {
   if (smem <= 48 * 1024) return cudaSuccess;
   static std::atomic<bool> done[64];
   const bool cached = device >= 0 && device < 64;
   if (cached && done[device].load(std::memory_order_acquire)) return cudaSuccess;
   cudaError_t err = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
+  if (err == cudaSuccess && max_carveout) {
+    err = cudaFuncSetAttribute(kKernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               cudaSharedmemCarveoutMaxShared);
+  }
   if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
   return err;
 }
@@ -191,6 +197,15 @@ __device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, int src
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
+// Closes the thread's group of copies issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most kPending of the thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 // The nonzero range [begin, end) of block b, clamped to [0, nnz] so that a corrupt block_ptr
 // never leads outside the local and value arrays.
@@ -258,6 +273,16 @@ cudaError_t dispatch_beta(int beta, F&& f) {
       return f(std::integral_constant<int, 256>{});
   }
   return cudaErrorInvalidValue;
+}
+
+// Calls f(std::bool_constant<transpose>{}, std::bool_constant<batch_leading>{}): the product's
+// direction and dense layout as compile-time constants.
+template <typename F>
+cudaError_t dispatch_layout(bool transpose, bool batch_leading, F&& f) {
+  using N = std::false_type;
+  using Y = std::true_type;
+  if (!transpose) return batch_leading ? f(N{}, Y{}) : f(N{}, N{});
+  return batch_leading ? f(Y{}, Y{}) : f(Y{}, N{});
 }
 
 // Calls f(type tag) with the value type of `dtype`.

@@ -211,14 +211,17 @@ std::vector<float> random_dense(size_t count, DType t, std::mt19937& rng) {
 
 double tolerance(DType t) { return t == DType::kF32 ? 1e-5 : 1e-2; }
 
-// Relative Frobenius error; infinite when any output is not finite (an unwritten poisoned
-// element, or a NaN).
-double rel_error(const std::vector<float>& got, const std::vector<double>& ref) {
+// Frobenius error relative to the products' magnitudes (scale[i] = the sum of |a| |b| over the
+// products that make output i), so that a sum that cancels to near zero is not held to a
+// relative tolerance that its rounding cannot meet; infinite when any output is not finite (an
+// unwritten poisoned element, or a NaN).
+double rel_error(const std::vector<float>& got, const std::vector<double>& ref,
+                 const std::vector<double>& scale) {
   double num = 0, den = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (!std::isfinite(got[i])) return INFINITY;
     num += (got[i] - ref[i]) * (got[i] - ref[i]);
-    den += ref[i] * ref[i];
+    den += scale[i] * scale[i];
   }
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
@@ -304,7 +307,38 @@ SddmmArgs sddmm_args(const HostCsb& m, const DeviceCsb& dm, DType t, int64_t n, 
 }
 
 const char* kernel_name(SpmmKernel k) {
-  return k == SpmmKernel::kWide ? "wide" : k == SpmmKernel::kNarrow ? "narrow" : "auto";
+  switch (k) {
+    case SpmmKernel::kWide:
+      return "wide";
+    case SpmmKernel::kNarrow:
+      return "narrow";
+    case SpmmKernel::kTensor:
+      return "tensor";
+    default:
+      return "auto";
+  }
+}
+
+// Whether kernel family k can run products of block size beta and value type t.
+bool serves(SpmmKernel k, int beta, DType t) {
+  switch (k) {
+    case SpmmKernel::kNarrow:
+      return narrow_n_supported(beta);
+    case SpmmKernel::kTensor:
+      return tensor_cores_serve(beta, t != DType::kF32);
+    default:
+      return true;
+  }
+}
+
+// The families that can run a product: the one the heuristic picks (kAuto) and every other.
+std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, bool transpose) {
+  const SpmmKernel preferred = preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32);
+  std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
+  for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
+    if (k != preferred && serves(k, beta, t)) kernels.push_back(k);
+  }
+  return kernels;
 }
 
 void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch_leading,
@@ -314,12 +348,15 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   const int64_t in_dim = s.in_dim(), out_dim = s.out_dim();
   std::vector<float> dense = random_dense(in_dim * n, t, rng);
   // Reference in float64: out[o, k] = sum_i op(S)[o, i] * D[i, k].
-  std::vector<double> ref(out_dim * n, 0.0);
+  std::vector<double> ref(out_dim * n, 0.0), scale(out_dim * n, 0.0);
   for (size_t e = 0; e < m.values.size(); ++e) {
     const int64_t o = transpose ? m.col[e] : m.row[e], i = transpose ? m.row[e] : m.col[e];
     for (int64_t k = 0; k < n; ++k) {
-      const double d = batch_leading ? dense[k * in_dim + i] : dense[i * n + k];
-      ref[batch_leading ? k * out_dim + o : o * n + k] += double{m.values[e]} * d;
+      const double prod =
+          double{m.values[e]} * (batch_leading ? dense[k * in_dim + i] : dense[i * n + k]);
+      const int64_t at = batch_leading ? k * out_dim + o : o * n + k;
+      ref[at] += prod;
+      scale[at] += std::abs(prod);
     }
   }
   DeviceCsb dm(m, t);
@@ -332,7 +369,7 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   cudaError_t launch_error = cudaSuccess;
   auto bytes = run_repeatedly(
       dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, 2, &same, &launch_error);
-  const double err = rel_error(decode(t, bytes), ref);
+  const double err = rel_error(decode(t, bytes), ref, scale);
   char name[256];
   std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d %s",
                 dtype_name(t), long(m.shape.rows), long(m.shape.cols), m.shape.block_size,
@@ -347,15 +384,14 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
                  const DeviceInfo& dev) {
   const int64_t rows = m.shape.rows, cols = m.shape.cols;
   std::vector<float> lhs = random_dense(rows * n, t, rng), rhs = random_dense(cols * n, t, rng);
-  std::vector<double> ref(m.values.size(), 0.0);
+  std::vector<double> ref(m.values.size(), 0.0), scale(m.values.size(), 0.0);
   for (size_t e = 0; e < m.values.size(); ++e) {
-    double acc = 0;
     for (int64_t k = 0; k < n; ++k) {
       const double l = lt ? lhs[k * rows + m.row[e]] : lhs[m.row[e] * n + k];
       const double r = rt ? rhs[m.col[e] * n + k] : rhs[k * cols + m.col[e]];
-      acc += l * r;
+      ref[e] += l * r;
+      scale[e] += std::abs(l * r);
     }
-    ref[e] = acc;
   }
   DeviceCsb dm(m, t);
   uint8_t* dl = to_device(encode(t, lhs));
@@ -368,7 +404,7 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
   cudaError_t launch_error = cudaSuccess;
   auto bytes = run_repeatedly(
       dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, 2, &same, &launch_error);
-  const double err = rel_error(decode(t, bytes), ref);
+  const double err = rel_error(decode(t, bytes), ref, scale);
   char name[256];
   std::snprintf(name, sizeof name, "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d",
                 dtype_name(t), long(rows), long(cols), m.shape.block_size, m.values.size(), long(n),
@@ -404,15 +440,8 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int64_t n : ns) {
           for (int tr = 0; tr < 2; ++tr) {
             for (int bl = 0; bl < 2; ++bl) {
-              // The kernel the heuristic picks, and at block sizes that both serve, the other.
-              for (SpmmKernel kernel :
-                   {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow}) {
-                const bool narrow_by_default = narrow_n_preferred(
-                    n, beta, density(m.shape, static_cast<int64_t>(m.values.size())), tr);
-                if (kernel != SpmmKernel::kAuto &&
-                    (!narrow_n_supported(beta) ||
-                     narrow_by_default == (kernel == SpmmKernel::kNarrow)))
-                  continue;
+              const double dens = density(m.shape, static_cast<int64_t>(m.values.size()));
+              for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr)) {
                 for (int cluster : {0, 1, 2, 8}) {
                   if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
                   if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
@@ -440,6 +469,7 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int64_t n : {1, 70}) {
           check_spmm(full, t, n, tr, bl, {}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
+          if (t != DType::kF32) check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
         }
       }
     }
@@ -453,6 +483,10 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int bl = 0; bl < 2; ++bl) {
           check_spmm(repeats, t, n, tr, bl, {}, rng, dev);
           check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kWide}, rng, dev);
+          check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
+          if (t != DType::kF32) {
+            check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
+          }
         }
       }
     }
@@ -497,19 +531,15 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   uint8_t* d_in2 = to_device(encode(t, random_dense(big, t, rng)));
   uint8_t* d_out = nullptr;
   CHECK_CUDA(cudaMalloc(&d_out, std::max(big, nnz) * dtype_size(t)));
-  const double flop = 2.0 * nnz * n;
+  const double flop = 2.0 * nnz * n, dens = jaxcsb::density(m.shape, nnz);
   std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d %s (%d SMs)\n", long(rows),
               long(cols), density, long(nnz), long(n), beta, dtype_name(t), dev.num_sms);
-  // In the small-n range of the benchmark targets (n <= 64), where both kernel families serve
-  // the product, each is timed.
-  std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
-  if (narrow_n_supported(beta) && n <= 64) {
-    kernels = {SpmmKernel::kNarrow, SpmmKernel::kWide};
-  }
+  // Every kernel family that serves the product is timed, the heuristic's pick first.
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
     for (int bl = 0; bl < 2; ++bl) {
-      for (SpmmKernel kernel : kernels) {
+      for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr)) {
+        if (kernel == SpmmKernel::kNarrow && n > 64) continue;  // built for small n only
         const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
         const SpmmOptions opt{0, kernel};
         auto launch = [&] { return launch_spmm(a, dev, nullptr, opt); };

@@ -1,0 +1,443 @@
+// CUDA SpMM on tensor cores for 16-bit values (bfloat16, float16), any n.
+//
+// The CUDA-core kernels (cuda_spmm_kernel.h, cuda_spmm_narrow.h) spend a shared-memory read of
+// a dense row and several instructions on every nonzero; 16-bit tensor cores multiply a whole
+// 64 x 64 block by a 64 x 32 slice of D in 64 instructions. So here each warp owns whole CSB
+// blocks and, per block,
+//   1. copies the block's beta x tile slice of D into its shared memory (cp.async, as stored),
+//   2. expands the block's nonzeros into a dense beta x beta tile of T in shared memory, with
+//      the roles of the local row and column swapped for the transposed product (so both
+//      directions cost the same), and
+//   3. multiplies the two with mma.m16n8k16 (float32 accumulators in registers).
+// The slice is copied while the tile is expanded, so its latency hides behind the expansion.
+// At 90% sparsity the tensor cores do 10x the useful multiply-adds, at ~15x the CUDA-core rate,
+// and the per-nonzero work is one load and one store.
+//
+// Structural zeros must contribute nothing, even where D holds Inf or NaN (a dense product
+// would give 0 * Inf = NaN there). Products with finite operands are exact in float32 either
+// way, so a warp whose sums are all finite keeps them; a warp with any non-finite sum
+// recomputes its part of the tile over the stored nonzeros alone (a slow path that finite data
+// never takes).
+//
+// The warps of a thread block take the line's positions in turn and add their partial tiles in
+// warp order, and the blocks of a cluster in rank order (as the narrow family): every sum has a
+// fixed order, with no atomics and no workspace. Repeated positions (allowed, summed) are
+// added in float32 in storage order and rounded once to T in the tile.
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+
+#include "cuda_config.h"
+#include "cuda_kernels.h"
+#include "cuda_utils.h"
+
+namespace jaxcsb::cuda {
+namespace tensor_detail {
+
+// Shared-memory layout of one warp for block size kBeta and a tile of kTile columns of n.
+// Row strides are padded by 16 bytes so that the 8 rows read by one ldmatrix phase fall into
+// distinct bank groups.
+template <int kBeta_, int kTile_, bool kBatchLeading>
+struct TensorShape {
+  static constexpr int kBeta = kBeta_;
+  static constexpr int kTile = kTile_;
+  static constexpr int kStrips = kBeta / 16;  // 16-row strips of output, and 16-deep k steps
+  static constexpr int kNTiles = kTile / 8;   // 8-column pieces of an mma's output
+  // The expanded block, [out][in] in T.
+  static constexpr int kAStride = kBeta + 8;
+  // The slice of D as stored: [in][n] for row-major D, [n][in] for the batch-leading layout.
+  static constexpr int kBStride = kBatchLeading ? kBeta + 8 : kTile + 8;
+  static constexpr int kBRows = kBatchLeading ? kTile : kBeta;
+  // The warp's float32 partial tile at the end, [out][n]; it reuses the expanded block's space.
+  static constexpr int kPartStride = kTile + 4;
+  static constexpr size_t kTileBytes =
+      std::max<size_t>(size_t{kBeta} * kAStride * 2, size_t{kBeta} * kPartStride * 4);
+  static constexpr size_t kSliceBytes = size_t{kBRows} * kBStride * 2;
+  // The expanded block (or the partial tile), then the slice of D.
+  static constexpr size_t kWarpBytes = kTileBytes + kSliceBytes;
+  // Thread blocks per multiprocessor that the registers must allow (4 warps each): the most
+  // that the shared memory holds.
+  static constexpr int kMinBlocks = kTile == 16 ? 4 : 3;
+
+  static_assert(kBeta == 16 || kBeta == 32 || kBeta == 64, "block sizes 16, 32 and 64");
+  static_assert(kTile == 16 || kTile == 32, "tiles of 16 or 32 columns (a lane per column)");
+  static_assert(kTileBytes % 16 == 0 && kWarpBytes % 16 == 0, "16-byte aligned regions");
+};
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Four 8 x 8 matrices of 16-bit values from shared memory; lane l gives the address of row
+// l % 8 of matrix l / 8. With kTrans each lane receives a column pair instead of a row pair.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(const void* p, uint32_t (&r)[4]) {
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+  }
+}
+
+// acc (16 x 8, float32) += a (16 x 16, row-major) * b (16 x 8, column-major).
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4],
+                                            const uint32_t (&b)[2]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+// Starts copying the block's slice of D (input indices in_base.., columns n0..) into `slice`,
+// as stored, zero outside the operand: 16-byte cp.async pieces when `vec` (aligned rows of a
+// multiple of 8 values), else element by element (complete on return).
+template <typename T, class S, bool kBatchLeading>
+__device__ __forceinline__ void copy_slice(const LineParams& p, T* slice, int64_t in_base,
+                                           int64_t n0, bool vec) {
+  const T* dense = static_cast<const T*>(p.dense);
+  const int lane = threadIdx.x % 32;
+  // Along a stored row: n for row-major D, the input index for the batch-leading layout.
+  constexpr int kRowLen = kBatchLeading ? S::kBeta : S::kTile;
+  const int64_t row0 = kBatchLeading ? n0 : in_base, rows = kBatchLeading ? p.n : p.in_dim;
+  const int64_t col0 = kBatchLeading ? in_base : n0, cols = kBatchLeading ? p.in_dim : p.n;
+  if (vec) {
+    constexpr int kPieces = S::kBRows * kRowLen / 8;
+    // Rows and columns of the slice inside the operand (the slice is at most 64 x 64).
+    const int rows_in = static_cast<int>(std::clamp<int64_t>(rows - row0, 0, S::kBRows));
+    const int cols_in = static_cast<int>(std::clamp<int64_t>(cols - col0, 0, kRowLen));
+    const T* origin = dense + row0 * cols + col0;
+#pragma unroll
+    for (int i0 = 0; i0 < kPieces; i0 += 32) {
+      const int i = i0 + lane, r = i / (kRowLen / 8), c = i % (kRowLen / 8) * 8;
+      const int valid = r < rows_in ? std::clamp(cols_in - c, 0, 8) : 0;
+      const T* src = valid > 0 ? origin + r * cols + c : dense;
+      if (i < kPieces) cp_async_16(slice + r * S::kBStride + c, src, valid * 2);
+    }
+  } else {
+    for (int i = lane; i < S::kBRows * kRowLen; i += 32) {
+      const int r = i / kRowLen, c = i % kRowLen;
+      const bool inside = row0 + r < rows && col0 + c < cols;
+      slice[r * S::kBStride + c] =
+          inside ? dense[(row0 + r) * cols + col0 + c] : from_float<T>(0.0f);
+    }
+  }
+}
+
+// The nonzeros [e0, e1) of one CSB block as a warp holds them while expanding it: lane l has
+// kPasses pieces of 8 consecutive array positions, piece u starting at
+// base + 8 (32 u + l) with base = e0 rounded down to a multiple of 8 (so that the pieces are
+// 16-byte loads); positions outside [e0, e1) hold kNone.
+constexpr uint16_t kNone = 0xffff;
+
+template <typename T, int kPasses>
+struct BlockNonzeros {
+  uint16_t local[kPasses][8];
+  T values[kPasses][8];
+};
+
+// Loads pass `first` .. of the nonzeros [e0, e1): one 16-byte load of local indices and one of
+// values per piece when `vec` (both arrays 16-byte aligned) and the piece lies inside the
+// arrays, else element by element.
+template <typename T, int kPasses>
+__device__ __forceinline__ void load_nonzeros(const uint16_t* local, const T* values, int64_t e0,
+                                              int64_t e1, int64_t nnz, int64_t first, bool vec,
+                                              BlockNonzeros<T, kPasses>* out) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int u = 0; u < kPasses; ++u) {
+    const int64_t c = first + 8 * (32 * u + lane);
+    if (vec && c + 8 <= nnz && c < e1) {
+      union {
+        uint4 raw;
+        uint16_t elems[8];
+      } l;
+      union {
+        uint4 raw;
+        T elems[8];
+      } v;
+      l.raw = __ldg(reinterpret_cast<const uint4*>(local + c));
+      v.raw = __ldg(reinterpret_cast<const uint4*>(values + c));
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const bool inside = c + i >= e0 && c + i < e1;
+        out->local[u][i] = inside ? l.elems[i] : kNone;
+        out->values[u][i] = v.elems[i];
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const bool inside = c + i >= e0 && c + i < e1;
+        out->local[u][i] = inside ? __ldg(local + c + i) : kNone;
+        out->values[u][i] = inside ? __ldg(values + c + i) : from_float<T>(0.0f);
+      }
+    }
+  }
+}
+
+// Expands the block's nonzeros (positions [e0, e1) of local/values) into the dense tile
+// a[out][in], which is zeroed first.
+template <typename T, class S, bool kTranspose>
+__device__ __forceinline__ void expand_block(const uint16_t* local, const T* values, int64_t e0,
+                                             int64_t e1, int64_t nnz, bool vec, T* a) {
+  constexpr int kPasses = 2;  // 512 positions per round of loads
+  const int lane = threadIdx.x % 32;
+  uint4* a4 = reinterpret_cast<uint4*>(a);
+  for (int i = lane; i < S::kBeta * S::kAStride / 8; i += 32) a4[i] = make_uint4(0, 0, 0, 0);
+  __syncwarp();
+  bool repeats = false;
+  for (int64_t first = e0 / 8 * 8; first < e1; first += 8 * 32 * kPasses) {
+    BlockNonzeros<T, kPasses> nz;
+    load_nonzeros<T, kPasses>(local, values, e0, e1, nnz, first, vec, &nz);
+#pragma unroll
+    for (int u = 0; u < kPasses; ++u) {
+      // The position after the piece, for the last element's test of a repeat.
+      const int64_t after = first + 8 * (32 * u + lane) + 8;
+      const uint16_t beyond = after < e1 ? __ldg(local + after) : kNone;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const uint16_t l = nz.local[u][i], next = i < 7 ? nz.local[u][i + 1] : beyond;
+        const int o = local_out(l, kTranspose), in = local_in(l, kTranspose);
+        // The last of a run of repeated positions stores; the runs are summed below.
+        const bool repeated = l != kNone && next == l;
+        repeats |= repeated;
+        if (l != kNone && !repeated && o < S::kBeta && in < S::kBeta) {
+          a[o * S::kAStride + in] = nz.values[u][i];
+        }
+      }
+    }
+  }
+  if (__any_sync(0xffffffffu, repeats)) {
+    __syncwarp();
+    if (lane == 0) {
+      float sum = 0.0f;
+      for (int64_t k = e0; k < e1; ++k) {
+        const uint16_t l = __ldg(local + k);
+        sum += to_float(values[k]);
+        if (k + 1 < e1 && __ldg(local + k + 1) == l) continue;
+        const int o = local_out(l, kTranspose), in = local_in(l, kTranspose);
+        if (o < S::kBeta && in < S::kBeta) a[o * S::kAStride + in] = from_float<T>(sum);
+        sum = 0.0f;
+      }
+    }
+  }
+  __syncwarp();
+}
+
+// Asks L1 for the nonzeros [e0, e1) (local indices and values), which the warp expands next.
+template <typename T>
+__device__ __forceinline__ void prefetch_nonzeros(const uint16_t* local, const T* values,
+                                                  int64_t e0, int64_t e1) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t e = e0 / 64 * 64 + 64 * lane; e < e1; e += 64 * 32) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(local + e));
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(values + e));
+  }
+}
+
+// acc += a (beta x beta, the expanded block) * slice (beta x tile).
+template <typename T, class S, bool kBatchLeading>
+__device__ __forceinline__ void multiply_block(const T* a, const T* slice,
+                                               float (&acc)[S::kStrips][S::kNTiles][4]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int ks = 0; ks < S::kStrips; ++ks) {
+    uint32_t b[S::kNTiles][2];
+#pragma unroll
+    for (int np = 0; np < S::kNTiles / 2; ++np) {
+      uint32_t r[4];
+      if constexpr (!kBatchLeading) {
+        // [in][n]: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+        const int k = ks * 16 + lane % 16, n = np * 16 + lane / 16 * 8;
+        ldmatrix_x4<true>(slice + k * S::kBStride + n, r);
+      } else {
+        // [n][in]: the same four matrices, each read along its rows of n.
+        const int m = lane / 8, n = np * 16 + m / 2 * 8 + lane % 8, k = ks * 16 + m % 2 * 8;
+        ldmatrix_x4<false>(slice + n * S::kBStride + k, r);
+      }
+      b[2 * np][0] = r[0];
+      b[2 * np][1] = r[1];
+      b[2 * np + 1][0] = r[2];
+      b[2 * np + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int s = 0; s < S::kStrips; ++s) {
+      uint32_t frag[4];
+      ldmatrix_x4<false>(a + (s * 16 + lane % 16) * S::kAStride + ks * 16 + lane / 16 * 8, frag);
+#pragma unroll
+      for (int nt = 0; nt < S::kNTiles; ++nt) mma_16x8x16<T>(acc[s][nt], frag, b[nt]);
+    }
+  }
+}
+
+// The slow path for non-finite sums: part[out][n] += the block's products over its stored
+// nonzeros only, a lane per column of n, in storage order.
+template <typename T, class S, bool kTranspose, bool kBatchLeading>
+__device__ __forceinline__ void add_block_exact(const uint16_t* local, const T* values, int count,
+                                                const T* slice, float* part) {
+  const int lane = threadIdx.x % 32;
+  if (lane >= S::kTile) return;
+  for (int i = 0; i < count; ++i) {
+    const uint16_t l = __ldg(local + i);
+    const int o = local_out(l, kTranspose), in = local_in(l, kTranspose);
+    if (o >= S::kBeta || in >= S::kBeta) continue;
+    const T d = kBatchLeading ? slice[lane * S::kBStride + in] : slice[in * S::kBStride + lane];
+    part[o * S::kPartStride + lane] += to_float(values[i]) * to_float(d);
+  }
+}
+
+template <typename T, class S, bool kTranspose, bool kBatchLeading>
+__global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
+    tensor_kernel(const LineParams p) {
+  constexpr int kBeta = S::kBeta;
+  extern __shared__ __align__(16) unsigned char smem_b[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  unsigned char* mine = smem_b + warp * S::kWarpBytes;
+  T* a = reinterpret_cast<T*>(mine);
+  float* part = reinterpret_cast<float*>(mine);  // after the last block's multiply
+  T* slice = reinterpret_cast<T*>(mine + S::kTileBytes);
+
+  const auto [line, pos_begin, pos_end] = line_part(p);
+  if (line >= p.num_lines) return;  // uniform over the cluster
+  const T* values = static_cast<const T*>(p.values);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p.dense);
+  const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
+  const bool vec = addr % 16 == 0 && row_len % 8 == 0;
+  const bool vec_nonzeros = reinterpret_cast<uintptr_t>(p.local) % 16 == 0 &&
+                            reinterpret_cast<uintptr_t>(values) % 16 == 0;
+
+  if (blockIdx.y == 0) {
+    prefetch_blocks(p, values, line, kTranspose, pos_begin + warp, pos_end, warps);
+  }
+
+  for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
+    const int64_t n0 = t * S::kTile;
+    float acc[S::kStrips][S::kNTiles][4] = {};
+    // The warp's blocks in turn. The block's slice of D is copied while its nonzeros are
+    // expanded, and the next block's nonzeros are asked into L1 meanwhile.
+    int64_t e0 = 0, e1 = 0;
+    if (pos_begin + warp < pos_end) {
+      block_range(p.block_ptr, line_block(p, line, pos_begin + warp, kTranspose), p.nnz, &e0, &e1);
+    }
+    for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
+      int64_t f0 = 0, f1 = 0;
+      if (pos + warps < pos_end) {
+        block_range(p.block_ptr, line_block(p, line, pos + warps, kTranspose), p.nnz, &f0, &f1);
+        prefetch_nonzeros(p.local, values, f0, f1);
+      }
+      if (e0 < e1) {
+        copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+        expand_block<T, S, kTranspose>(p.local, values, e0, e1, p.nnz, vec_nonzeros, a);
+        cp_async_wait_all();
+        __syncwarp();
+        multiply_block<T, S, kBatchLeading>(a, slice, acc);
+        __syncwarp();  // the tile and the slice are rewritten by the next block
+      }
+      e0 = f0;
+      e1 = f1;
+    }
+
+    bool finite = true;
+#pragma unroll
+    for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+      for (int nt = 0; nt < S::kNTiles; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) finite &= isfinite(acc[s][nt][i]);
+      }
+    }
+    if (__all_sync(0xffffffffu, finite)) {
+      // The accumulator layout of mma.m16n8k16: lane l holds rows l / 4 and l / 4 + 8 of its
+      // strip, columns 2 (l % 4) and 2 (l % 4) + 1 of its 8-column piece.
+      const int g = lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+      for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+        for (int nt = 0; nt < S::kNTiles; ++nt) {
+          float* dst = part + (s * 16 + g) * S::kPartStride + nt * 8 + c;
+          *reinterpret_cast<float2*>(dst) = make_float2(acc[s][nt][0], acc[s][nt][1]);
+          *reinterpret_cast<float2*>(dst + 8 * S::kPartStride) =
+              make_float2(acc[s][nt][2], acc[s][nt][3]);
+        }
+      }
+    } else {
+      for (int i = lane; i < kBeta * S::kPartStride; i += 32) part[i] = 0.0f;
+      for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
+        int64_t e0, e1;
+        block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
+        if (e0 >= e1) continue;
+        __syncwarp();
+        copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+        cp_async_wait_all();
+        __syncwarp();
+        add_block_exact<T, S, kTranspose, kBatchLeading>(p.local + e0, values + e0,
+                                                         static_cast<int>(e1 - e0), slice, part);
+      }
+    }
+
+    float* sum = reinterpret_cast<float*>(smem_b);  // warp 0's partial tile
+    add_warp_tiles(sum, S::kWarpBytes / 4, kBeta, S::kTile, S::kPartStride);
+    write_line_tile<T, kBeta, kBatchLeading>(p, sum, S::kPartStride, S::kTile, line, n0);
+  }
+}
+
+template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
+cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                   const SpmmOptions& options) {
+  using S = TensorShape<kBeta, kTile, kBatchLeading>;
+  auto kernel = tensor_kernel<T, S, kTranspose, kBatchLeading>;
+  LineParams p{};
+  set_line_params(a, &p);
+  p.num_tiles = (a.n + kTile - 1) / kTile;
+
+  // As the narrow family: about two CSB blocks per warp, and at least two thread blocks per
+  // multiprocessor when the lines allow it.
+  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
+  cudaError_t err =
+      line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, &p.cluster);
+  if (err != cudaSuccess) return err;
+  const int warps =
+      static_cast<int>(std::clamp<int64_t>(rank_positions(p) / 2, 1, kTensorMaxWarps));
+  constexpr size_t kMaxSmem = kTensorMaxWarps * S::kWarpBytes;
+  if (kMaxSmem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
+  err = allow_smem<tensor_kernel<T, S, kTranspose, kBatchLeading>>(dev.device, kMaxSmem,
+                                                                   /*max_carveout=*/true);
+  if (err != cudaSuccess) return err;
+  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, 32 * warps, warps * S::kWarpBytes,
+                      stream);
+}
+
+template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
+cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                        const SpmmOptions& options) {
+  if (a.n <= 16) return launch<T, kBeta, 16, kTranspose, kBatchLeading>(a, dev, stream, options);
+  return launch<T, kBeta, 32, kTranspose, kBatchLeading>(a, dev, stream, options);
+}
+
+}  // namespace tensor_detail
+
+// The tensor-core SpMM for 16-bit value type T and block size kBeta (tensor_cores_serve).
+template <typename T, int kBeta>
+cudaError_t launch_spmm_tensor(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                               const SpmmOptions& options) {
+  using namespace tensor_detail;
+  return dispatch_layout(a.shape.transpose, a.batch_leading, [&](auto tr, auto bl) {
+    return launch_tile<T, kBeta, decltype(tr)::value, decltype(bl)::value>(a, dev, stream, options);
+  });
+}
+
+}  // namespace jaxcsb::cuda
