@@ -5,11 +5,12 @@
 //                                float64 host reference; outputs poisoned before each run; each
 //                                run twice and compared bitwise. `quick` and `tiny` keep the
 //                                problems small for compute-sanitizer (tiny for its slow tools).
-//   kernel_check bench [beta rows cols density n dtype]
+//   kernel_check bench [beta rows cols density n dtype cluster]
 //                                default 4096 x 1024 at 90% sparsity, n = 4096, float32: both
 //                                directions and layouts (at narrow n both kernel families) and
 //                                SDDMM, median of repeats with CUDA events, plus a 3-run
-//                                bitwise determinism check.
+//                                bitwise determinism check. `cluster` forces the thread blocks
+//                                per line (default 0: the heuristic's choice).
 //
 // Exit status 0 only when every case passed.
 #include <cuda_bf16.h>
@@ -519,7 +520,7 @@ float time_ms(F launch, int reps = 20, int rounds = 7) {
 }
 
 int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, double density,
-              int64_t n, DType t) {
+              int64_t n, DType t, int cluster) {
   std::mt19937 rng(7);
   const int64_t nnz_target = static_cast<int64_t>(rows * cols * density);
   const int64_t unit_target = std::max<int64_t>(beta * beta / 4, (nnz_target + 2047) / 2048);
@@ -532,8 +533,9 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   uint8_t* d_out = nullptr;
   CHECK_CUDA(cudaMalloc(&d_out, std::max(big, nnz) * dtype_size(t)));
   const double flop = 2.0 * nnz * n, dens = jaxcsb::density(m.shape, nnz);
-  std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d %s (%d SMs)\n", long(rows),
-              long(cols), density, long(nnz), long(n), beta, dtype_name(t), dev.num_sms);
+  std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d %s cluster=%d (%d SMs)\n",
+              long(rows), long(cols), density, long(nnz), long(n), beta, dtype_name(t), cluster,
+              dev.num_sms);
   // Every kernel family that serves the product is timed, the heuristic's pick first.
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
@@ -541,7 +543,7 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
       for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr)) {
         if (kernel == SpmmKernel::kNarrow && n > 64) continue;  // built for small n only
         const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
-        const SpmmOptions opt{0, kernel};
+        const SpmmOptions opt{cluster, kernel};
         auto launch = [&] { return launch_spmm(a, dev, nullptr, opt); };
         const float ms = time_ms(launch);
         // Determinism: three runs bitwise equal.
@@ -598,9 +600,11 @@ int main(int argc, char** argv) {
     const DType t = type == "bfloat16"  ? DType::kBF16
                     : type == "float16" ? DType::kF16
                                         : DType::kF32;
-    return run_bench(beta, dev, rows, cols, density, n, t);
+    const int cluster = argc > 8 ? std::atoi(argv[8]) : 0;
+    return run_bench(beta, dev, rows, cols, density, n, t, cluster);
   }
-  std::fprintf(stderr, "usage: %s check [quick|tiny] | bench [beta rows cols density n dtype]\n",
+  std::fprintf(stderr,
+               "usage: %s check [quick|tiny] | bench [beta rows cols density n dtype cluster]\n",
                argv[0]);
   return 2;
 }
