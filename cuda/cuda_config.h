@@ -92,11 +92,13 @@ constexpr bool narrow_n_supported(int beta) { return beta <= kNarrowMaxBeta; }
 //     faster for n = 1-16, 1.3x faster at n = 32 and 1.6-2.4x slower at n = 64;
 //   float32 1000 x 2048 (DLMC rn50 final_dense and uniform): forward 1.14-1.16x slower at
 //     density 0.2 (n = 32 and 64: its 16 lines keep few warps busy), as fast at density 0.1 and
-//     n = 64; transposed 1.3x slower at density 0.1 and 1.6-1.9x at 0.2 (n = 32).
+//     n = 64; transposed at n = 32 1.6x faster at density 0.05, 1.3x slower at 0.1 and
+//     1.6-1.9x slower at 0.2.
 // Forward: n <= 64 at density <= 0.11 (about 90% sparsity and sparser), else n x density <= 4.
+// Transposed: n <= 16 at n x density <= 4, n <= 32 at n x density <= 2.
 constexpr bool narrow_n_preferred(long long n, int beta, double density, bool transpose) {
   if (!narrow_n_supported(beta)) return false;
-  if (transpose) return n <= 16 && n * density <= 4.0;
+  if (transpose) return n <= 16 ? n * density <= 4.0 : n <= 32 && n * density <= 2.0;
   return n <= 64 && (density <= 0.11 || n * density <= 4.0);
 }
 
@@ -108,6 +110,19 @@ constexpr int kTensorMaxWarps = 4;
 
 constexpr bool tensor_cores_serve(int beta, bool half_precision) {
   return half_precision && beta <= kTensorMaxBeta;
+}
+
+// Whether kernel family `kernel` can run a product of block size beta (kAuto and the wide
+// family run every one).
+constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool half_precision) {
+  switch (kernel) {
+    case SpmmKernel::kNarrow:
+      return narrow_n_supported(beta);
+    case SpmmKernel::kTensor:
+      return tensor_cores_serve(beta, half_precision);
+    default:
+      return true;
+  }
 }
 
 // The kernel family that serves a product by default. 16-bit values go to the tensor cores,

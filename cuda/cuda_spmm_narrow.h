@@ -304,26 +304,14 @@ inline int narrow_tile(int64_t n) {
 template <typename T, class S, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
-  auto kernel = narrow_kernel<T, S, kTranspose, kBatchLeading>;
   LineParams p{};
   set_line_params(a, &p);
-  p.num_tiles = (a.n + S::kTile - 1) / S::kTile;
-
-  // Parallelism: about two CSB blocks per warp, and at least two thread blocks per
-  // multiprocessor when the lines allow it (a cluster splits a line when there are few lines).
-  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  cudaError_t err =
-      line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, &p.cluster);
-  if (err != cudaSuccess) return err;
+  // At most kNarrowSmemBudget bytes per thread block, so that two fit on a multiprocessor.
   constexpr size_t kPerWarp = S::warp_floats(kTranspose) * sizeof(float);
-  constexpr size_t kMaxSmem = std::min(kNarrowSmemBudget, kNarrowMaxWarps * kPerWarp);
-  int warps = static_cast<int>(std::clamp<int64_t>(rank_positions(p) / 2, 1, kNarrowMaxWarps));
-  while (warps > 1 && warps * kPerWarp > kMaxSmem) --warps;
-  if (kMaxSmem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  err = allow_smem<narrow_kernel<T, S, kTranspose, kBatchLeading>>(dev.device, kMaxSmem);
-  if (err != cudaSuccess) return err;
-  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, 32 * warps, warps * kPerWarp,
-                      stream);
+  constexpr int kMaxWarps = std::min<int>(kNarrowMaxWarps, kNarrowSmemBudget / kPerWarp);
+  static_assert(kMaxWarps >= 1, "a warp's tiles fit in the budget");
+  return launch_warp_lines<narrow_kernel<T, S, kTranspose, kBatchLeading>>(
+      p, S::kTile, kMaxWarps, kPerWarp, /*max_carveout=*/false, dev, stream, options);
 }
 
 // Lanes per nonzero: one lane holds up to 16 columns of n. Fewer lanes per nonzero mean more

@@ -399,26 +399,11 @@ template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
   using S = TensorShape<kBeta, kTile, kBatchLeading>;
-  auto kernel = tensor_kernel<T, S, kTranspose, kBatchLeading>;
   LineParams p{};
   set_line_params(a, &p);
-  p.num_tiles = (a.n + kTile - 1) / kTile;
-
-  // As the narrow family: about two CSB blocks per warp, and at least two thread blocks per
-  // multiprocessor when the lines allow it.
-  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  cudaError_t err =
-      line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, &p.cluster);
-  if (err != cudaSuccess) return err;
-  const int warps =
-      static_cast<int>(std::clamp<int64_t>(rank_positions(p) / 2, 1, kTensorMaxWarps));
-  constexpr size_t kMaxSmem = kTensorMaxWarps * S::kWarpBytes;
-  if (kMaxSmem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  err = allow_smem<tensor_kernel<T, S, kTranspose, kBatchLeading>>(dev.device, kMaxSmem,
-                                                                   /*max_carveout=*/true);
-  if (err != cudaSuccess) return err;
-  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, 32 * warps, warps * S::kWarpBytes,
-                      stream);
+  // The largest carveout: shared memory bounds the warps in flight (S::kMinBlocks).
+  return launch_warp_lines<tensor_kernel<T, S, kTranspose, kBatchLeading>>(
+      p, kTile, kTensorMaxWarps, S::kWarpBytes, /*max_carveout=*/true, dev, stream, options);
 }
 
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>

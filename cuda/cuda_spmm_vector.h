@@ -200,14 +200,19 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
   LineParams p{};
   set_line_params(a, &p);
   p.num_tiles = 1;
-  // As the narrow kernel, two thread blocks per multiprocessor where the lines allow it, but a
-  // warp per CSB block: a warp's walk is a chain of dependent loads, so the more warps walk at
-  // once, the more of the memory's latency is hidden.
-  cudaError_t err = line_cluster(options.cluster, dev, p.num_lines, p.line_length, 2, &p.cluster);
+  // As the narrow kernel, a cluster splits the lines when there are few, but a warp per CSB
+  // block: a warp's walk is a chain of dependent loads, so the more warps walk at once, the
+  // more of the memory's latency is hidden.
+  constexpr auto kKernel = vector_detail::vector_kernel<T, kBeta>;
+  auto warps = [&](int cluster) {
+    const int64_t positions = rank_positions(p.line_length, cluster);
+    return static_cast<int>(std::clamp<int64_t>(positions, 1, kVectorMaxWarps));
+  };
+  auto per_sm = [&](int cluster) { return resident_blocks<kKernel>(32 * warps(cluster), 0); };
+  const cudaError_t err =
+      line_cluster(options.cluster, dev, p.num_lines, p.line_length, 2, per_sm, &p.cluster);
   if (err != cudaSuccess) return err;
-  const int warps = static_cast<int>(std::clamp<int64_t>(rank_positions(p), 1, kVectorMaxWarps));
-  return launch_lines(vector_detail::vector_kernel<T, kBeta>, p, p.num_lines, p.cluster, 1,
-                      32 * warps, 0, stream);
+  return launch_lines(kKernel, p, p.num_lines, p.cluster, 1, 32 * warps(p.cluster), 0, stream);
 }
 
 }  // namespace jaxcsb::cuda

@@ -63,28 +63,33 @@ inline void set_line_params(const SpmmArgs& a, LineParams* p) {
   p->block_cols = a.shape.block_cols();
 }
 
+// The most positions of a line of `line_length` that one thread block of a cluster of
+// `cluster` walks (line_part).
+inline int64_t rank_positions(int64_t line_length, int cluster) {
+  return (line_length + cluster - 1) / cluster;
+}
+
 // Thread blocks per cluster that split one line of a product: `requested` when given (1, 2, 4
-// or 8), else the smallest power of two up to 8 that gives `blocks` (lines x n-tiles) thread
-// blocks two per multiprocessor, with at least `min_positions` of the line's positions each.
-inline cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks,
-                                int64_t line_length, int64_t min_positions, int* csize) {
+// or 8), else the largest power of two up to 8 with which `blocks` (lines x n-tiles) thread
+// blocks still run in one wave (per_sm(c): how many of them a multiprocessor holds at cluster
+// size c), with at least `min_positions` of the line's positions each. A second wave would
+// take as long as the first with half the positions each, and add the cluster's reduction of
+// partial tiles.
+template <class PerSm>
+cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks, int64_t line_length,
+                         int64_t min_positions, PerSm per_sm, int* csize) {
   int c = requested;
   if (c > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
   if (c <= 0) {
     c = 1;
-    while (dev.cluster_launch && c < 8 && blocks * c < 2 * int64_t{dev.num_sms} &&
-           c * 2 * min_positions <= line_length) {
+    while (dev.cluster_launch && c < 8 && c * 2 * min_positions <= line_length &&
+           blocks * c * 2 <= int64_t{dev.num_sms} * per_sm(c * 2)) {
       c *= 2;
     }
   }
   if (c != 1 && c != 2 && c != 4 && c != 8) return cudaErrorInvalidValue;
   *csize = c;
   return cudaSuccess;
-}
-
-// The most positions of a line that one thread block of its cluster walks (line_part).
-inline int64_t rank_positions(const LineParams& p) {
-  return (p.line_length + p.cluster - 1) / p.cluster;
 }
 
 // Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
@@ -128,6 +133,47 @@ cudaError_t allow_smem(int device, size_t smem, bool max_carveout = false) {
   }
   if (err == cudaSuccess && cached) done[device].store(true, std::memory_order_release);
   return err;
+}
+
+// Thread blocks of kKernel that one multiprocessor holds at once with `threads` threads and
+// `smem` bytes of dynamic shared memory each, after allow_smem (whose carveout it takes into
+// account); 1 when the occupancy calculator fails (the value only guides the cluster size).
+template <auto kKernel>
+int resident_blocks(int threads, size_t smem) {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, threads, smem) !=
+      cudaSuccess) {
+    cudaGetLastError();
+  }
+  return std::max(blocks, 1);
+}
+
+// Launches a kernel of the warp families (narrow n, tensor cores), whose warps each own whole
+// CSB blocks of a line and add their partial tiles at the end: about two CSB blocks per warp,
+// at most `max_warps` warps of `warp_smem` bytes of shared memory each per thread block, and a
+// cluster that splits the line when there are few lines (line_cluster).
+template <auto kKernel>
+cudaError_t launch_warp_lines(LineParams p, int64_t tile, int max_warps, size_t warp_smem,
+                              bool max_carveout, const DeviceInfo& dev, cudaStream_t stream,
+                              const SpmmOptions& options) {
+  const size_t max_smem = max_warps * warp_smem;
+  if (max_smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
+  cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, max_carveout);
+  if (err != cudaSuccess) return err;
+  auto warps = [&](int cluster) {
+    const int64_t positions = rank_positions(p.line_length, cluster);
+    return static_cast<int>(std::clamp<int64_t>(positions / 2, 1, max_warps));
+  };
+  auto per_sm = [&](int cluster) {
+    return resident_blocks<kKernel>(32 * warps(cluster), warps(cluster) * warp_smem);
+  };
+  p.num_tiles = (p.n + tile - 1) / tile;
+  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
+  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, per_sm,
+                     &p.cluster);
+  if (err != cudaSuccess) return err;
+  const int w = warps(p.cluster);
+  return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, 32 * w, w * warp_smem, stream);
 }
 
 __device__ __forceinline__ float to_float(float x) { return x; }

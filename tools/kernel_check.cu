@@ -321,23 +321,12 @@ const char* kernel_name(SpmmKernel k) {
 }
 
 // Whether kernel family k can run products of block size beta and value type t.
-bool serves(SpmmKernel k, int beta, DType t) {
-  switch (k) {
-    case SpmmKernel::kNarrow:
-      return narrow_n_supported(beta);
-    case SpmmKernel::kTensor:
-      return tensor_cores_serve(beta, t != DType::kF32);
-    default:
-      return true;
-  }
-}
-
 // The families that can run a product: the one the heuristic picks (kAuto) and every other.
 std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, bool transpose) {
   const SpmmKernel preferred = preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32);
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
-    if (k != preferred && serves(k, beta, t)) kernels.push_back(k);
+    if (k != preferred && spmm_kernel_serves(k, beta, t != DType::kF32)) kernels.push_back(k);
   }
   return kernels;
 }
