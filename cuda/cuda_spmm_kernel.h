@@ -379,16 +379,18 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   p.vec_ok = kBatchLeading ? (p.in_dim * sizeof(T)) % 4 == 0 && addr % 4 == 0
                            : (p.n * sizeof(T)) % 16 == 0 && addr % 16 == 0;
 
-  // Cluster size: split lines only when lines x n-tiles leave the GPU underused (fewer than two
-  // thread blocks per multiprocessor), and never into more pieces than a line has positions.
-  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  cudaError_t err =
-      line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, &p.cluster);
-  if (err != cudaSuccess) return err;
-
   const size_t smem = L::kBytes;
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  err = allow_smem<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(dev.device, smem);
+  cudaError_t err = allow_smem<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(dev.device, smem);
+  if (err != cudaSuccess) return err;
+  const int per_sm =
+      resident_blocks<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(Cfg::kThreads, smem);
+  // Split lines only when lines x n-tiles leave the GPU underused, and never into more pieces
+  // than a line has positions.
+  const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
+  err = line_cluster(
+      options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, [&](int) { return per_sm; },
+      &p.cluster);
   if (err != cudaSuccess) return err;
   return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, Cfg::kThreads, smem, stream);
 }
@@ -415,17 +417,16 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
         options.kernel != SpmmKernel::kAuto
             ? options.kernel
             : preferred_spmm_kernel(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose, kHalf);
+    if (!spmm_kernel_serves(kernel, kBeta, kHalf)) return cudaErrorInvalidValue;
     if (kernel == SpmmKernel::kTensor) {
       if constexpr (tensor_cores_serve(kBeta, kHalf)) {
         return launch_spmm_tensor<T, kBeta>(a, dev, stream, options);
       }
-      return cudaErrorInvalidValue;
     }
     if (kernel == SpmmKernel::kNarrow) {
       if constexpr (narrow_n_supported(kBeta)) {
         return launch_spmm_narrow<T, kBeta>(a, dev, stream, options);
       }
-      return cudaErrorInvalidValue;
     }
     using Cfg = typename SelectSpmm<kBeta>::type;
     return spmm_detail::launch_layout<T, Cfg>(a, dev, stream, options);
