@@ -37,10 +37,10 @@ struct SpmmConfig {
 };
 
 // SDDMM: a thread block owns a kRegion x kRegion square of S (whole CSB blocks) and walks n
-// in tiles of kTileN, staging the region's rows of lhs and columns of rhs in shared memory as
-// float32 rows of kTileN values. Its nonzeros are cut into units of kPer consecutive stored
-// nonzeros of one block, one unit per thread per pass, each nonzero with its own float32
-// accumulator in a register.
+// (or its share of n, when a cluster of blocks splits the walk) in tiles of kTileN, staging the
+// region's rows of lhs and columns of rhs in shared memory as float32 rows of kTileN values. Its
+// nonzeros are cut into units of kPer consecutive stored nonzeros of one block, one unit per thread
+// per pass, each nonzero with its own float32 accumulator in a register.
 template <int kRegion_>
 struct SddmmConfig {
   static constexpr int kRegion = kRegion_;
@@ -56,8 +56,12 @@ struct SddmmConfig {
   // CSB blocks in a region, at the smallest beta (16).
   static constexpr int kMaxBlocks = (kRegion / 16) * (kRegion / 16);
   static constexpr size_t kTileFloats = size_t{kRegion} * kTileN;
-  // Two staged tiles, then per block its first and last nonzero and its units' prefix sum.
-  static constexpr size_t kSmemBytes = 2 * kTileFloats * sizeof(float) + 3 * kMaxBlocks * 4;
+  // Two staged tiles, then per block its first and last nonzero and its units' prefix sum, then
+  // the threads' partial sums that the blocks of a cluster add (kPer each).
+  static constexpr size_t kPartOffset = 2 * kTileFloats * sizeof(float) + 3 * kMaxBlocks * 4;
+  static constexpr size_t kSmemBytes = kPartOffset + size_t{kThreads} * kPer * sizeof(float);
+  // A cluster splits a region's walk over n only if each of its blocks keeps this many tiles.
+  static constexpr int kMinTilesPerBlock = 4;
 
   static_assert(kRegion == 64 || kRegion == 128 || kRegion == 256,
                 "regions of 64, 128 or 256 rows and columns");

@@ -73,8 +73,13 @@ struct SpmmOptions {
   SpmmKernel kernel = SpmmKernel::kAuto;
 };
 
+struct SddmmOptions {
+  int cluster = 0;  // CTAs that split the walk over n of one region (1, 2, 4 or 8); 0 = heuristic
+};
+
 cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
                         const SpmmOptions& options = {});
-cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream);
+cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
+                         const SddmmOptions& options = {});
 
 }  // namespace jaxcsb::cuda

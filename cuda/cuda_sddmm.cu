@@ -9,6 +9,11 @@
 // 90% sparsity each staged value is read by about 13 nonzeros, which is what keeps the staging
 // traffic (global and shared) small beside the multiply-adds.
 //
+// When the regions are too few to fill the GPU and n is long (a small weight matrix and a large
+// batch), a cluster of thread blocks shares each region: block r of the cluster walks the r-th
+// share of the tiles of n, and the blocks add their partial sums through distributed shared
+// memory in rank order, so the results stay bitwise reproducible.
+//
 // The region's nonzeros are cut into units of kPer consecutive stored nonzeros of one block;
 // a thread takes one unit per pass (more passes when the region has more units than threads)
 // and keeps its kPer float32 sums in registers for the whole walk over n. Inside a block the
@@ -48,6 +53,7 @@ struct SddmmParams {
   bool rhs_transposed;
   bool lhs_vec;  // every 4-value group of lhs staging is aligned for one vector load
   bool rhs_vec;
+  int cluster;  // thread blocks that split the walk over n of one region
 };
 
 // Four values of T as loaded. They are widened to float32 only when stored (store_tile): a
@@ -132,7 +138,9 @@ __device__ __forceinline__ void store_tile(float* dst, const Staged<T>& v, bool 
   }
 }
 
-template <typename T, class Cfg>
+// kSplit: a cluster of blocks shares each region (p.cluster > 1). A kernel of its own, so
+// that the unsplit walk keeps its registers for the sums.
+template <typename T, class Cfg, bool kSplit>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     sddmm_kernel(const SddmmParams p) {
   constexpr int kPer = Cfg::kPer, kTileN = Cfg::kTileN, kGroups = Cfg::kGroups;
@@ -142,6 +150,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   int* first = reinterpret_cast<int*>(rs + Cfg::kTileFloats);  // per block of the region
   int* last = first + Cfg::kMaxBlocks;
   int* units_end = last + Cfg::kMaxBlocks;  // inclusive prefix sum of the blocks' units
+  float* part = reinterpret_cast<float*>(smem + Cfg::kPartOffset);  // [thread][kPer]
   const T* lhs = static_cast<const T*>(p.lhs);
   const T* rhs = static_cast<const T*>(p.rhs);
   T* out = static_cast<T*>(p.out);
@@ -149,7 +158,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int span = Cfg::kRegion / p.beta;  // blocks per side of a region
   const int num_blocks = span * span;
 
-  for (int64_t region = blockIdx.x; region < p.num_regions; region += gridDim.x) {
+  // This block's share of the tiles of n: all of them, or the rank-th of the cluster's shares.
+  const int csize = kSplit ? p.cluster : 1, rank = static_cast<int>(blockIdx.x % csize);
+  const int64_t tiles = (p.n + kTileN - 1) / kTileN;
+  const int64_t n_begin = kSplit ? rank * tiles / csize * kTileN : 0;
+  const int64_t n_end = kSplit ? std::min(p.n, (rank + 1) * tiles / csize * kTileN) : p.n;
+
+  for (int64_t region = blockIdx.x / csize; region < p.num_regions; region += gridDim.x / csize) {
     const int64_t rr = region / p.region_cols, rc = region % p.region_cols;
     __syncthreads();  // the previous region's tables are no longer read
     for (int j = threadIdx.x; j < num_blocks; j += Cfg::kThreads) {
@@ -204,14 +219,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       const bool lhs_k = !p.lhs_transposed, rhs_k = p.rhs_transposed;
       const int64_t lhs_base = rr * Cfg::kRegion, rhs_base = rc * Cfg::kRegion;
       Staged<T> lv, rv;
-      load_tile<T, Cfg>(lv, lhs, lhs_k, p.lhs_vec, p.rows, p.n, lhs_base, 0);
-      load_tile<T, Cfg>(rv, rhs, rhs_k, p.rhs_vec, p.cols, p.n, rhs_base, 0);
-      for (int64_t n0 = 0; n0 < p.n; n0 += kTileN) {
+      load_tile<T, Cfg>(lv, lhs, lhs_k, p.lhs_vec, p.rows, p.n, lhs_base, n_begin);
+      load_tile<T, Cfg>(rv, rhs, rhs_k, p.rhs_vec, p.cols, p.n, rhs_base, n_begin);
+      for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileN) {
         __syncthreads();  // the previous tile's reads are done
         store_tile<T, Cfg>(ls, lv, lhs_k);
         store_tile<T, Cfg>(rs, rv, rhs_k);
         __syncthreads();
-        if (n0 + kTileN < p.n) {  // the next tile's loads overlap this tile's multiply-adds
+        if (n0 + kTileN < n_end) {  // the next tile's loads overlap this tile's multiply-adds
           load_tile<T, Cfg>(lv, lhs, lhs_k, p.lhs_vec, p.rows, p.n, lhs_base, n0 + kTileN);
           load_tile<T, Cfg>(rv, rhs, rhs_k, p.rhs_vec, p.cols, p.n, rhs_base, n0 + kTileN);
         }
@@ -233,10 +248,28 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
           }
         }
       }
+      if constexpr (!kSplit) {
 #pragma unroll
-      for (int s = 0; s < kPer; ++s) {
-        if (s < count) out[e_begin + s] = from_float<T>(acc[s]);
+        for (int s = 0; s < kPer; ++s) {
+          if (s < count) out[e_begin + s] = from_float<T>(acc[s]);
+        }
+        continue;
       }
+      // Thread t of every block of the cluster holds the same unit: block r adds the partial
+      // sums of nonzeros r, r + csize, ... of it in rank order and writes them.
+      namespace cg = cooperative_groups;
+      const cg::cluster_group cluster = cg::this_cluster();
+#pragma unroll
+      for (int s = 0; s < kPer; ++s) part[threadIdx.x * kPer + s] = acc[s];
+      cluster.sync();
+      for (int s = rank; s < count; s += csize) {
+        float sum = 0.0f;
+        for (int q = 0; q < csize; ++q) {
+          sum += cluster.map_shared_rank(part, q)[threadIdx.x * kPer + s];
+        }
+        out[e_begin + s] = from_float<T>(sum);
+      }
+      cluster.sync();  // the partial sums are written again by the next pass
     }
   }
 }
@@ -249,7 +282,8 @@ bool vector_groups(const void* m, int64_t contiguous) {
 }
 
 template <typename T, class Cfg>
-cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
+cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                   const SddmmOptions& options) {
   SddmmParams p{};
   p.block_ptr = a.block_ptr;
   p.local = a.local;
@@ -273,15 +307,21 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
 
   constexpr size_t smem = Cfg::kSmemBytes;
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = allow_smem<sddmm_kernel<T, Cfg>>(dev.device, smem);
+  cudaError_t err = allow_smem<sddmm_kernel<T, Cfg, false>>(dev.device, smem);
+  if (err == cudaSuccess) err = allow_smem<sddmm_kernel<T, Cfg, true>>(dev.device, smem);
   if (err != cudaSuccess) return err;
-  cudaLaunchConfig_t config{};
-  // A grid-stride loop covers more than 2^31 - 1 regions.
-  config.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(p.num_regions, INT32_MAX)), 1, 1);
-  config.blockDim = dim3(Cfg::kThreads, 1, 1);
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  return launch_kernel(config, sddmm_kernel<T, Cfg>, p);
+  // A cluster splits each region's walk over n while all its blocks still fit in one wave
+  // (a region's tiles of n play the part of a line's positions).
+  const int per_sm = resident_blocks<sddmm_kernel<T, Cfg, true>>(Cfg::kThreads, smem);
+  const int64_t tiles = (p.n + Cfg::kTileN - 1) / Cfg::kTileN;
+  err = line_cluster(
+      options.cluster, dev, p.num_regions, tiles, Cfg::kMinTilesPerBlock,
+      [&](int) { return per_sm; }, &p.cluster);
+  if (err != cudaSuccess) return err;
+  // A grid-stride loop covers more regions than one launch can have blocks.
+  const int64_t grid_regions = std::min<int64_t>(p.num_regions, INT32_MAX / 8);
+  auto kernel = p.cluster > 1 ? sddmm_kernel<T, Cfg, true> : sddmm_kernel<T, Cfg, false>;
+  return launch_lines(kernel, p, grid_regions, p.cluster, 1, Cfg::kThreads, smem, stream);
 }
 
 // Regions of 128 x 128 share each staged value among twice the nonzeros of 64 x 64 ones, but a
@@ -289,20 +329,24 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
 // multiprocessor): below that, beta <= 64 takes 64 x 64 regions. Larger blocks are their own
 // region.
 template <typename T>
-cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
+cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                            const SddmmOptions& options) {
   const int beta = a.shape.block_size;
-  if (beta == 256) return launch<T, SddmmConfig<256>>(a, dev, stream);
-  if (beta == 128) return launch<T, SddmmConfig<128>>(a, dev, stream);
+  if (beta == 256) return launch<T, SddmmConfig<256>>(a, dev, stream, options);
+  if (beta == 128) return launch<T, SddmmConfig<128>>(a, dev, stream, options);
   const int64_t span = 128 / beta;
   const int64_t regions128 =
       (a.shape.block_rows() + span - 1) / span * ((a.shape.block_cols() + span - 1) / span);
-  if (regions128 < 2 * int64_t{dev.num_sms}) return launch<T, SddmmConfig<64>>(a, dev, stream);
-  return launch<T, SddmmConfig<128>>(a, dev, stream);
+  if (regions128 < 2 * int64_t{dev.num_sms}) {
+    return launch<T, SddmmConfig<64>>(a, dev, stream, options);
+  }
+  return launch<T, SddmmConfig<128>>(a, dev, stream, options);
 }
 
 }  // namespace
 
-cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream) {
+cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
+                         const SddmmOptions& options) {
   if (args.nnz == 0) return cudaSuccess;
   if (args.n == 0 || args.shape.num_blocks() == 0) {
     // An empty sum: zeros (all-zero bits in every supported type).
@@ -311,8 +355,9 @@ cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStrea
   }
   const int beta = args.shape.block_size;
   if (beta < 16 || beta > 256 || (beta & (beta - 1)) != 0) return cudaErrorInvalidValue;
-  return dispatch_dtype(
-      args.dtype, [&](auto tag) { return launch_for_beta<decltype(tag)>(args, dev, stream); });
+  return dispatch_dtype(args.dtype, [&](auto tag) {
+    return launch_for_beta<decltype(tag)>(args, dev, stream, options);
+  });
 }
 
 }  // namespace jaxcsb::cuda

@@ -10,7 +10,8 @@
 //                                directions and layouts (at narrow n both kernel families) and
 //                                SDDMM, median of repeats with CUDA events, plus a 3-run
 //                                bitwise determinism check. `cluster` forces the thread blocks
-//                                per line (default 0: the heuristic's choice).
+//                                per line (SpMM) and per region (SDDMM); default 0: the
+//                                heuristic's choice.
 //
 // Exit status 0 only when every case passed.
 #include <cuda_bf16.h>
@@ -371,7 +372,7 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
 }
 
 void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt19937& rng,
-                 const DeviceInfo& dev) {
+                 const DeviceInfo& dev, const SddmmOptions& opt = {}) {
   const int64_t rows = m.shape.rows, cols = m.shape.cols;
   std::vector<float> lhs = random_dense(rows * n, t, rng), rhs = random_dense(cols * n, t, rng);
   std::vector<double> ref(m.values.size(), 0.0), scale(m.values.size(), 0.0);
@@ -393,12 +394,13 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
   bool same = false;
   cudaError_t launch_error = cudaSuccess;
   auto bytes = run_repeatedly(
-      dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr); }, 2, &same, &launch_error);
+      dout, out_bytes, [&] { return launch_sddmm(a, dev, nullptr, opt); }, 2, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref, scale);
   char name[256];
-  std::snprintf(name, sizeof name, "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d",
+  std::snprintf(name, sizeof name,
+                "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d cluster=%d",
                 dtype_name(t), long(rows), long(cols), m.shape.block_size, m.values.size(), long(n),
-                lt, rt);
+                lt, rt, opt.cluster);
   report(name, err, tolerance(t), same, launch_error);
   cudaFree(dl);
   cudaFree(dr);
@@ -467,6 +469,17 @@ int run_check(int level, const DeviceInfo& dev) {
     HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, 1 << 30, -1, -1);
     for (int tr = 0; tr < 2; ++tr) check_spmm(full256, t, 33, tr, true, {}, rng, dev);
     check_sddmm(full256, t, 33, false, true, rng, dev);
+    // Few regions and a long n: clusters split the walk over n (the heuristic's and forced
+    // sizes, down to shares of less than a tile).
+    if (dev.cluster_launch) {
+      HostCsb small = random_csb(90, 140, 32, 0.3, t, rng, 64);
+      for (int cluster : tiny ? std::vector<int>{2} : std::vector<int>{0, 2, 8}) {
+        for (int lt = 0; lt < (tiny ? 1 : 2); ++lt) {
+          check_sddmm(small, t, tiny ? 200 : 1100, lt, !lt, rng, dev, {cluster});
+        }
+      }
+      check_sddmm(small, t, 40, false, false, rng, dev, {8});
+    }
     HostCsb repeats = with_repeats(random_csb(150, 140, 32, 0.3, t, rng, 64));
     for (int64_t n : {1, 16}) {
       for (int tr = 0; tr < 2; ++tr) {
@@ -551,7 +564,7 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   // batch-leading (dY (N, M), X (N, K)).
   for (int lt = 0; lt < 2; ++lt) {
     const SddmmArgs a = sddmm_args(m, dm, t, n, lt, !lt, d_in, d_in2, d_out);
-    auto launch = [&] { return launch_sddmm(a, dev, nullptr); };
+    auto launch = [&] { return launch_sddmm(a, dev, nullptr, {cluster}); };
     const float ms = time_ms(launch);
     bool same = false;
     cudaError_t err = cudaSuccess;
