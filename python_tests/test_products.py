@@ -58,15 +58,20 @@ def test_sparse_right_any_batch_dims(layout, dtype, batch, impl):
     assert_close(out, apply(layout, A, x, "jax"), 2 * scale, dtype, f"{layout} {impl} vs jax")
 
 
+# A long contraction over few blocks: on a GPU the blocks of a cluster split the walk over n.
+N_LONG = 1500
+
+
+@pytest.mark.parametrize("n", [N, N_LONG], ids=["n", "long-n"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("transposed", [False, True], ids=["A", "A.T"])
-def test_sddmm(transposed, dtype, impl):
-    seed = seed_of("sddmm", transposed, dtype, impl)
+def test_sddmm(transposed, dtype, n, impl):
+    seed = seed_of("sddmm", transposed, dtype, n, impl)
     A, _ = standard_csb(dtype, seed)
     P = A.T if transposed else A
     m, k = P.shape
-    a = jax.device_put(random_dense((m, N), dtype, seed + 1))
-    b = jax.device_put(random_dense((N, k), dtype, seed + 2))
+    a = jax.device_put(random_dense((m, n), dtype, seed + 1))
+    b = jax.device_put(random_dense((n, k), dtype, seed + 2))
     out = jaxcsb.sddmm(a, b, P, impl=impl)
     assert isinstance(out, jaxcsb.CSB)
     assert out.shape == P.shape and out.transposed == P.transposed and out.dtype == dtype
