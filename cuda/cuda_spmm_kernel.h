@@ -361,7 +361,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
         dst[kBatchLeading ? lane + 32 * i : lane * kVec + i] = acc[rr][i];
       }
     }
-    write_line_tile<T, kBeta, kBatchLeading>(p, red, L::kRedStride, Cfg::kTileN, line, n0);
+    write_line_tile<T, kBeta, Cfg::kTileN, L::kRedStride, kBatchLeading>(p, red, line, n0);
   }
 }
 

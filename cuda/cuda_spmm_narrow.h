@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
 
     float* sum = part - warp * kWarpFloats;  // warp 0's partial tile
     add_warp_tiles(sum, kWarpFloats, kBeta, S::kTile, kStride);
-    write_line_tile<T, kBeta, kBatchLeading>(p, sum, kStride, S::kTile, line, n0);
+    write_line_tile<T, kBeta, S::kTile, kStride, kBatchLeading>(p, sum, line, n0);
   }
 }
 

@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
 
     float* sum = reinterpret_cast<float*>(smem_b);  // warp 0's partial tile
     add_warp_tiles(sum, S::kWarpBytes / 4, kBeta, S::kTile, S::kPartStride);
-    write_line_tile<T, kBeta, kBatchLeading>(p, sum, S::kPartStride, S::kTile, line, n0);
+    write_line_tile<T, kBeta, S::kTile, S::kPartStride, kBatchLeading>(p, sum, line, n0);
   }
 }
 

@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(32 * kVectorMaxWarps) vector_kernel(const Line
 
   add_warp_tiles(parts[0], kBeta, kBeta, 1, 1);
   // At n = 1 both layouts of the vector and of the output are the same array.
-  write_line_tile<T, kBeta, false>(p, parts[0], 1, 1, line, 0);
+  write_line_tile<T, kBeta, 1, 1, false>(p, parts[0], line, 0);
 }
 
 }  // namespace vector_detail

@@ -361,13 +361,15 @@ __device__ __forceinline__ void add_warp_tiles(float* tiles, int warp_stride, in
 }
 
 // The end of a line's n-tile, called by every thread of every block of the line's cluster once
-// each block holds its float32 partial tile `red` (beta rows of `width` columns, row stride
-// `stride`): the blocks add the cluster's tiles in rank order and each writes its share of the
+// each block holds its float32 partial tile `red` (beta rows of kWidth columns, row stride
+// kStride): the blocks add the cluster's tiles in rank order and each writes its share of the
 // rows, with consecutive threads along the output's contiguous axis. Every output element is
-// written once, by a fixed sum order.
-template <typename T, int kBeta, bool kBatchLeading>
-__device__ __forceinline__ void write_line_tile(const LineParams& p, const float* red, int stride,
-                                                int width, int64_t line, int64_t n0) {
+// written once, by a fixed sum order. The tile's sizes are compile-time constants so that the
+// per-element index arithmetic is shifts and masks: a line of one block writes as many output
+// elements as it does multiply-adds per nonzero.
+template <typename T, int kBeta, int kWidth, int kStride, bool kBatchLeading>
+__device__ __forceinline__ void write_line_tile(const LineParams& p, const float* red, int64_t line,
+                                                int64_t n0) {
   namespace cg = cooperative_groups;
   const int csize = p.cluster, rank = static_cast<int>(blockIdx.x % csize);
   if (csize > 1) {
@@ -377,30 +379,33 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
   }
   const int64_t out_base = line * kBeta;
   const int out_rows = static_cast<int>(std::min<int64_t>(kBeta, p.out_dim - out_base));
-  const int n_valid = static_cast<int>(std::min<int64_t>(width, p.n - n0));
-  const int r_lo = rank * kBeta / csize, share = (rank + 1) * kBeta / csize - r_lo;
-  T* out = static_cast<T*>(p.out);
-  for (int i = threadIdx.x; i < share * width; i += blockDim.x) {
-    const int r = r_lo + (kBatchLeading ? i % share : i / width);
-    const int c = kBatchLeading ? i / share : i % width;
-    if (r >= out_rows || c >= n_valid) continue;
-    float sum;
-    if (csize > 1) {
-      cg::cluster_group cluster = cg::this_cluster();
-      sum = 0.0f;
-      for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(red, q)[r * stride + c];
-    } else {
-      sum = red[r * stride + c];
+  const int n_valid = static_cast<int>(std::min<int64_t>(kWidth, p.n - n0));
+  // The tile's element (r, c) goes to out[r * row_step + c * col_step] past its origin.
+  T* origin =
+      static_cast<T*>(p.out) + (kBatchLeading ? n0 * p.out_dim + out_base : out_base * p.n + n0);
+  const int64_t row_step = kBatchLeading ? 1 : p.n, col_step = kBatchLeading ? p.out_dim : 1;
+  if (csize == 1) {
+    for (int i = threadIdx.x; i < kBeta * kWidth; i += blockDim.x) {
+      const int r = kBatchLeading ? i % kBeta : i / kWidth;
+      const int c = kBatchLeading ? i / kBeta : i % kWidth;
+      if (r < out_rows && c < n_valid) {
+        origin[r * row_step + c * col_step] = from_float<T>(red[r * kStride + c]);
+      }
     }
-    const int64_t o =
-        kBatchLeading ? (n0 + c) * p.out_dim + out_base + r : (out_base + r) * p.n + n0 + c;
-    out[o] = from_float<T>(sum);
-  }
-  if (csize > 1) {
-    cg::this_cluster().sync();  // no block reuses or leaves its tile while others read it
-  } else {
     __syncthreads();
+    return;
   }
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int r_lo = rank * kBeta / csize, share = (rank + 1) * kBeta / csize - r_lo;
+  for (int i = threadIdx.x; i < share * kWidth; i += blockDim.x) {
+    const int r = r_lo + (kBatchLeading ? i % share : i / kWidth);
+    const int c = kBatchLeading ? i / share : i % kWidth;
+    if (r >= out_rows || c >= n_valid) continue;
+    float sum = 0.0f;
+    for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(red, q)[r * kStride + c];
+    origin[r * row_step + c * col_step] = from_float<T>(sum);
+  }
+  cluster.sync();  // no block reuses or leaves its tile while others read it
 }
 
 }  // namespace jaxcsb::cuda
