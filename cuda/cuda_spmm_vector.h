@@ -199,20 +199,12 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
                         const SpmmOptions& options) {
   LineParams p{};
   set_line_params(a, &p);
-  p.num_tiles = 1;
-  // As the narrow kernel, a cluster splits the lines when there are few, but a warp per CSB
-  // block: a warp's walk is a chain of dependent loads, so the more warps walk at once, the
-  // more of the memory's latency is hidden.
-  constexpr auto kKernel = vector_detail::vector_kernel<T, kBeta>;
-  auto warps = [&](int cluster) {
-    const int64_t positions = rank_positions(p.line_length, cluster);
-    return static_cast<int>(std::clamp<int64_t>(positions, 1, kVectorMaxWarps));
-  };
-  auto per_sm = [&](int cluster) { return resident_blocks<kKernel>(32 * warps(cluster), 0); };
-  const cudaError_t err =
-      line_cluster(options.cluster, dev, p.num_lines, p.line_length, 2, per_sm, &p.cluster);
-  if (err != cudaSuccess) return err;
-  return launch_lines(kKernel, p, p.num_lines, p.cluster, 1, 32 * warps(p.cluster), 0, stream);
+  // As the narrow kernel, but a warp per CSB block: a warp's walk is a chain of dependent loads,
+  // so the more warps walk at once, the more of the memory's latency is hidden. Its shared
+  // memory is static (a column of partial sums per warp).
+  return launch_warp_lines<vector_detail::vector_kernel<T, kBeta>>(
+      p, /*tile=*/1, /*blocks_per_warp=*/1, kVectorMaxWarps, /*warp_smem=*/0,
+      /*max_carveout=*/false, dev, stream, options);
 }
 
 }  // namespace jaxcsb::cuda

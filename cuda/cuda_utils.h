@@ -148,21 +148,22 @@ int resident_blocks(int threads, size_t smem) {
   return std::max(blocks, 1);
 }
 
-// Launches a kernel of the warp families (narrow n, tensor cores), whose warps each own whole
-// CSB blocks of a line and add their partial tiles at the end: about two CSB blocks per warp,
-// at most `max_warps` warps of `warp_smem` bytes of shared memory each per thread block, and a
-// cluster that splits the line when there are few lines (line_cluster).
+// Launches a kernel of the warp families (narrow n, tensor cores, the n = 1 walk), whose warps
+// each own whole CSB blocks of a line and add their partial results at the end: about
+// `blocks_per_warp` CSB blocks per warp, at most `max_warps` warps of `warp_smem` bytes of
+// dynamic shared memory each per thread block, n in tiles of `tile`, and a cluster that splits
+// the line when there are few lines (line_cluster).
 template <auto kKernel>
-cudaError_t launch_warp_lines(LineParams p, int64_t tile, int max_warps, size_t warp_smem,
-                              bool max_carveout, const DeviceInfo& dev, cudaStream_t stream,
-                              const SpmmOptions& options) {
+cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, int max_warps,
+                              size_t warp_smem, bool max_carveout, const DeviceInfo& dev,
+                              cudaStream_t stream, const SpmmOptions& options) {
   const size_t max_smem = max_warps * warp_smem;
   if (max_smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
   cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, max_carveout);
   if (err != cudaSuccess) return err;
   auto warps = [&](int cluster) {
     const int64_t positions = rank_positions(p.line_length, cluster);
-    return static_cast<int>(std::clamp<int64_t>(positions / 2, 1, max_warps));
+    return static_cast<int>(std::clamp<int64_t>(positions / blocks_per_warp, 1, max_warps));
   };
   auto per_sm = [&](int cluster) {
     return resident_blocks<kKernel>(32 * warps(cluster), warps(cluster) * warp_smem);
