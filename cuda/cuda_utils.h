@@ -366,8 +366,8 @@ __device__ __forceinline__ void add_warp_tiles(float* tiles, int warp_stride, in
 // kStride): the blocks add the cluster's tiles in rank order and each writes its share of the
 // rows, with consecutive threads along the output's contiguous axis. Every output element is
 // written once, by a fixed sum order. The tile's sizes are compile-time constants so that the
-// per-element index arithmetic is shifts and masks: a line of one block writes as many output
-// elements as it does multiply-adds per nonzero.
+// per-element index arithmetic is shifts and masks: where a line holds a single CSB block, the
+// epilogue is as large a part of a thread block's work as the multiply-adds.
 template <typename T, int kBeta, int kWidth, int kStride, bool kBatchLeading>
 __device__ __forceinline__ void write_line_tile(const LineParams& p, const float* red, int64_t line,
                                                 int64_t n0) {
