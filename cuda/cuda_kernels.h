@@ -71,6 +71,9 @@ enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor };
 struct SpmmOptions {
   int cluster = 0;  // CTAs that split one line (1, 2, 4 or 8); 0 = heuristic
   SpmmKernel kernel = SpmmKernel::kAuto;
+  // n-tiles that a CTA of the wide kernel walks on lines of one CSB block: 0 = heuristic, 1 = one
+  // tile per CTA, more = about that many (lines of several blocks, or clusters, refuse more).
+  int tiles_per_block = 0;
 };
 
 struct SddmmOptions {

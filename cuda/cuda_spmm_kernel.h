@@ -7,7 +7,10 @@
 // line along its work units (the `units` array, balanced by nonzero count); the blocks of a
 // cluster add their partial tiles through distributed shared memory in rank order. Every
 // output element is therefore written exactly once, by a fixed sum order: results are
-// bitwise reproducible, with no atomics on values and no workspace.
+// bitwise reproducible, with no atomics on values and no workspace. Lines of a single block (a
+// matrix at most beta deep along the product's input axis) with many n-tiles run
+// walk_tiles_kernel instead: a thread block walks several n-tiles of its line, staging the next
+// tile while the current one is multiplied and written.
 //
 // Per CSB block. The block's beta x tile slice of D is staged in shared memory with cp.async
 // (16-byte copies along n for row-major D; 4-byte copies along the feature axis for the
@@ -69,6 +72,9 @@ struct SpmmSmem {
   static constexpr size_t kRangeOffset =
       kMaskOffset + align16(size_t{Cfg::kBeta} * Cfg::kMaskWords * sizeof(uint32_t));
   static constexpr size_t kBytes = kRangeOffset + 16;
+  // walk_tiles_kernel stages the next n-tile into a second tile slot past the rest.
+  static constexpr size_t kWalkTileOffset = kBytes;
+  static constexpr size_t kWalkBytes = kWalkTileOffset + kEntOffset;
 };
 
 // First index i in [0, size) with a[i] >= target, or size; a is assumed non-decreasing (when it
@@ -268,10 +274,105 @@ __device__ __forceinline__ void add_entry(const T* tile, int2 en, int lane,
   for (int i = 0; i < Cfg::kVec; ++i) acc[i] = fmaf(v, d[i], acc[i]);
 }
 
+// acc += the warp's kRows output rows of a sorted chunk times the staged tile.
+template <typename T, class Cfg, bool kBatchLeading>
+__device__ __forceinline__ void multiply_chunk(const T* tile, const int2* ent, const int* start,
+                                               float (&acc)[Cfg::kRows][Cfg::kVec]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int rr = 0; rr < Cfg::kRows; ++rr) {
+    const int r = warp * Cfg::kRows + rr;
+    const int kb = start[r], ke = start[r + 1];
+#pragma unroll 4
+    for (int k = kb; k < ke; ++k) add_entry<T, Cfg, kBatchLeading>(tile, ent[k], lane, acc[rr]);
+  }
+}
+
+// The end of an n-tile: the float32 tile goes through shared memory (`red`, the staged tile's
+// memory, free once every warp is past the barrier), where the blocks of a cluster add their
+// partial tiles in rank order and every block writes its share of the rows with accesses
+// contiguous along the output's fastest axis.
+template <typename T, class Cfg, bool kBatchLeading>
+__device__ __forceinline__ void write_tile(const SpmmParams& p, float* red,
+                                           const float (&acc)[Cfg::kRows][Cfg::kVec], int64_t line,
+                                           int64_t n0) {
+  using L = SpmmSmem<T, Cfg, kBatchLeading>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+#pragma unroll
+  for (int rr = 0; rr < Cfg::kRows; ++rr) {
+    float* dst = red + (warp * Cfg::kRows + rr) * L::kRedStride;
+    if (kBatchLeading) {
+#pragma unroll
+      for (int i = 0; i < Cfg::kVec; ++i) dst[lane + 32 * i] = acc[rr][i];
+    } else {
+      store_vec<Cfg::kVec>(dst + lane * Cfg::kVec, acc[rr]);
+    }
+  }
+  write_line_tile<T, Cfg::kBeta, Cfg::kTileN, L::kRedStride, kBatchLeading>(p, red, line, n0);
+}
+
+// Lines of one CSB block (op(S) at most beta deep along its input axis, such as a transposed
+// 64 x 576 convolution weight): a thread block of one tile would stage, sort, multiply and
+// write that tile with nothing in flight in between, so here a thread block walks the n-tiles
+// blockIdx.y, blockIdx.y + gridDim.y, ... of its line instead, staging the next tile into a
+// second slot while the current one is multiplied and written, and sorting the block's
+// nonzeros once for every tile when they fit one chunk.
+template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
+__global__ void __launch_bounds__(Cfg::kThreads) walk_tiles_kernel(const SpmmParams p) {
+  using L = SpmmSmem<T, Cfg, kBatchLeading>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t line = blockIdx.x;
+  if (line >= p.num_lines) return;
+  T* const slot0 = reinterpret_cast<T*>(smem + L::kTileOffset);
+  T* const slot1 = reinterpret_cast<T*>(smem + L::kWalkTileOffset);
+  int2* ent = reinterpret_cast<int2*>(smem + L::kEntOffset);
+  int* start = reinterpret_cast<int*>(smem + L::kStartOffset);
+  int* counts = reinterpret_cast<int*>(smem + L::kCountOffset);
+  uint32_t* mask = reinterpret_cast<uint32_t*>(smem + L::kMaskOffset);
+  int* repeats = reinterpret_cast<int*>(smem + L::kRangeOffset) + 2;
+
+  int64_t e0, e1;
+  block_range(p.block_ptr, line_block(p, line, 0, kTranspose), p.nnz, &e0, &e1);
+  const bool sorted_once = e1 - e0 <= Cfg::kChunk;
+  if (sorted_once) {
+    sort_chunk<T, Cfg, kTranspose>(p, e0, static_cast<int>(e1 - e0), ent, start, counts, mask,
+                                   repeats);
+  }
+  int64_t t = blockIdx.y;
+  if (t < p.num_tiles) stage_tile<T, Cfg, kBatchLeading>(p, slot0, 0, t * Cfg::kTileN);
+  cp_async_commit();
+  for (int i = 0; t < p.num_tiles; ++i, t += gridDim.y) {
+    T* const tile = i % 2 ? slot1 : slot0;
+    // The other slot held the previous tile, whose epilogue ended with a barrier.
+    const int64_t next = t + gridDim.y;
+    if (next < p.num_tiles) {
+      stage_tile<T, Cfg, kBatchLeading>(p, i % 2 ? slot0 : slot1, 0, next * Cfg::kTileN);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // this tile's copies, not the next one's
+    __syncthreads();
+    float acc[Cfg::kRows][Cfg::kVec] = {};
+    if (sorted_once) {
+      multiply_chunk<T, Cfg, kBatchLeading>(tile, ent, start, acc);
+    } else {
+      for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
+        if (k0 != e0) __syncthreads();
+        const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
+        sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask, repeats);
+        __syncthreads();
+        multiply_chunk<T, Cfg, kBatchLeading>(tile, ent, start, acc);
+      }
+    }
+    write_tile<T, Cfg, kBatchLeading>(p, reinterpret_cast<float*>(tile), acc, line,
+                                      t * Cfg::kTileN);
+  }
+}
+
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
 __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p) {
   using L = SpmmSmem<T, Cfg, kBatchLeading>;
-  constexpr int kBeta = Cfg::kBeta, kRows = Cfg::kRows, kVec = Cfg::kVec;
+  constexpr int kBeta = Cfg::kBeta;
   extern __shared__ __align__(16) unsigned char smem[];
   T* tile = reinterpret_cast<T*>(smem + L::kTileOffset);
   float* red = reinterpret_cast<float*>(smem + L::kTileOffset);
@@ -318,12 +419,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
     const int64_t n0 = t * Cfg::kTileN;
-    float acc[kRows][kVec];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-      for (int v = 0; v < kVec; ++v) acc[r][v] = 0.0f;
-    }
+    float acc[Cfg::kRows][Cfg::kVec] = {};
 
     for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
       const int64_t b = kTranspose ? pos * p.block_cols + line : line * p.block_cols + pos;
@@ -338,38 +434,30 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
         sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask, repeats);
         cp_async_wait_all();
         __syncthreads();
-#pragma unroll
-        for (int rr = 0; rr < kRows; ++rr) {
-          const int r = warp * kRows + rr;
-          const int kb = start[r], ke = start[r + 1];
-#pragma unroll 4
-          for (int k = kb; k < ke; ++k)
-            add_entry<T, Cfg, kBatchLeading>(tile, ent[k], lane, acc[rr]);
-        }
+        multiply_chunk<T, Cfg, kBatchLeading>(tile, ent, start, acc);
       }
     }
-
-    // Epilogue: the float32 tile goes through shared memory, where the blocks of a cluster add
-    // their partial tiles in rank order and every block writes its share of the rows with
-    // accesses contiguous along the output's fastest axis.
-    __syncthreads();
-#pragma unroll
-    for (int rr = 0; rr < kRows; ++rr) {
-      float* dst = red + (warp * kRows + rr) * L::kRedStride;
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) {
-        dst[kBatchLeading ? lane + 32 * i : lane * kVec + i] = acc[rr][i];
-      }
-    }
-    write_line_tile<T, kBeta, Cfg::kTileN, L::kRedStride, kBatchLeading>(p, red, line, n0);
+    write_tile<T, Cfg, kBatchLeading>(p, red, acc, line, n0);
   }
+}
+
+// The grid's extent along n when the thread blocks walk the n-tiles of lines of one block
+// (walk_tiles_kernel), or 0 when one thread block per tile serves better. `slots` and `walk_slots`:
+// the thread blocks that the GPU holds at once with one tile slot and with two. The walk runs
+// in one wave (lines x extent at most walk_slots), so it pays where every thread block gets at
+// least two tiles and the most tiles of a block stay within an eighth of the one-tile launch's
+// waves (the walk saves more than that per tile).
+inline int64_t walk_extent(int64_t lines, int64_t tiles, int64_t slots, int64_t walk_slots) {
+  const int64_t extent = std::min(tiles, walk_slots / lines);
+  if (extent < 1 || 2 * extent > tiles) return 0;
+  const int64_t walk_cost = ceil_div(tiles, extent), tile_waves = ceil_div(lines * tiles, slots);
+  return 8 * walk_cost <= 9 * tile_waves ? extent : 0;
 }
 
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
   using L = SpmmSmem<T, Cfg, kBatchLeading>;
-  auto kernel = spmm_kernel<T, Cfg, kTranspose, kBatchLeading>;
   SpmmParams p{};
   set_line_params(a, &p);
   p.units = a.units;
@@ -379,12 +467,13 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   p.vec_ok = kBatchLeading ? (p.in_dim * sizeof(T)) % 4 == 0 && addr % 4 == 0
                            : (p.n * sizeof(T)) % 16 == 0 && addr % 16 == 0;
 
+  constexpr auto kKernel = spmm_kernel<T, Cfg, kTranspose, kBatchLeading>;
+  constexpr auto kWalkKernel = walk_tiles_kernel<T, Cfg, kTranspose, kBatchLeading>;
   const size_t smem = L::kBytes;
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = allow_smem<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(dev.device, smem);
+  cudaError_t err = allow_smem<kKernel>(dev.device, smem);
   if (err != cudaSuccess) return err;
-  const int per_sm =
-      resident_blocks<spmm_kernel<T, Cfg, kTranspose, kBatchLeading>>(Cfg::kThreads, smem);
+  const int per_sm = resident_blocks<kKernel>(Cfg::kThreads, smem);
   // Split lines only when lines x n-tiles leave the GPU underused, and never into more pieces
   // than a line has positions.
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
@@ -392,7 +481,30 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
       options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, [&](int) { return per_sm; },
       &p.cluster);
   if (err != cudaSuccess) return err;
-  return launch_lines(kernel, p, p.num_lines, p.cluster, tiles_y, Cfg::kThreads, smem, stream);
+
+  const size_t walk_smem = L::kWalkBytes;
+  const bool can_walk =
+      p.line_length == 1 && p.cluster == 1 && walk_smem <= static_cast<size_t>(dev.max_smem_optin);
+  if (options.tiles_per_block > 1 && !can_walk) return cudaErrorInvalidValue;
+  if (can_walk && options.tiles_per_block != 1) {
+    err = allow_smem<kWalkKernel>(dev.device, walk_smem);
+    if (err != cudaSuccess) return err;
+    const int64_t walk_slots =
+        int64_t{dev.num_sms} * resident_blocks<kWalkKernel>(Cfg::kThreads, walk_smem);
+    // Batch-leading blocks over several sort chunks (30% dense at beta 64) walked 10% slower
+    // than one tile per thread block: they sort every chunk for every tile either way.
+    const bool chunked = kBatchLeading && a.nnz > p.num_lines * Cfg::kChunk;
+    int64_t extent = 0;
+    if (options.tiles_per_block > 1) {
+      extent = ceil_div(p.num_tiles, options.tiles_per_block);
+    } else if (!chunked) {
+      extent = walk_extent(p.num_lines, p.num_tiles, int64_t{dev.num_sms} * per_sm, walk_slots);
+    }
+    if (extent > 0) {
+      return launch_lines(kWalkKernel, p, p.num_lines, 1, extent, Cfg::kThreads, walk_smem, stream);
+    }
+  }
+  return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, Cfg::kThreads, smem, stream);
 }
 
 template <typename T, class Cfg>

@@ -29,6 +29,8 @@ cudaError_t launch_kernel(const cudaLaunchConfig_t& config, void (*kernel)(Param
   return err;
 }
 
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // What every SpMM kernel needs to walk the lines of a product: the CSB arrays, the operands,
 // the sizes, and the launch's n-tiles and cluster size.
 struct LineParams {
@@ -229,6 +231,19 @@ __device__ __forceinline__ void load_vec(const T* src, float (&dst)[kVec]) {
   for (int i = 0; i < kVec; ++i) dst[i] = to_float(u.elems[i]);
 }
 
+// Stores kVec float32 values with one aligned vector access.
+template <int kVec>
+__device__ __forceinline__ void store_vec(float* dst, const float (&src)[kVec]) {
+  using V = typename VecStorage<4 * kVec>::type;
+  union {
+    V raw;
+    float elems[kVec];
+  } u;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) u.elems[i] = src[i];
+  *reinterpret_cast<V*>(dst) = u.raw;
+}
+
 // Asynchronous copy of 16 (or 4) bytes from global to shared memory; with `src_bytes` smaller
 // than the copy the rest is zero-filled, and with 0 nothing is read.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
@@ -361,13 +376,32 @@ __device__ __forceinline__ void add_warp_tiles(float* tiles, int warp_stride, in
   }
 }
 
+// Four float32 values of a tile, converted to T and stored with one access at dst (aligned to
+// four values of T).
+template <typename T>
+__device__ __forceinline__ void store4(T* dst, float4 v) {
+  using V = typename VecStorage<4 * sizeof(T)>::type;
+  union {
+    V raw;
+    T elems[4];
+  } u;
+  u.elems[0] = from_float<T>(v.x);
+  u.elems[1] = from_float<T>(v.y);
+  u.elems[2] = from_float<T>(v.z);
+  u.elems[3] = from_float<T>(v.w);
+  *reinterpret_cast<V*>(dst) = u.raw;
+}
+
 // The end of a line's n-tile, called by every thread of every block of the line's cluster once
 // each block holds its float32 partial tile `red` (beta rows of kWidth columns, row stride
 // kStride): the blocks add the cluster's tiles in rank order and each writes its share of the
-// rows, with consecutive threads along the output's contiguous axis. Every output element is
-// written once, by a fixed sum order. The tile's sizes are compile-time constants so that the
+// rows, with consecutive threads along the output's contiguous axis, four values per thread and
+// access where that axis is n and the output's rows allow it. Every output element is written
+// once, by a fixed sum order. The tile's sizes are compile-time constants so that the
 // per-element index arithmetic is shifts and masks: where a line holds a single CSB block, the
-// epilogue is as large a part of a thread block's work as the multiply-adds.
+// epilogue is as large a part of a thread block's work as the multiply-adds. A block without a
+// cluster has a loop of its own, which reads its tile as shared memory and divides by no
+// run-time share of the rows.
 template <typename T, int kBeta, int kWidth, int kStride, bool kBatchLeading>
 __device__ __forceinline__ void write_line_tile(const LineParams& p, const float* red, int64_t line,
                                                 int64_t n0) {
@@ -385,26 +419,57 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
   T* origin =
       static_cast<T*>(p.out) + (kBatchLeading ? n0 * p.out_dim + out_base : out_base * p.n + n0);
   const int64_t row_step = kBatchLeading ? 1 : p.n, col_step = kBatchLeading ? p.out_dim : 1;
+  // Groups of four values along n, where the tile's rows and the output's rows allow them.
+  constexpr bool kBy4 = !kBatchLeading && kWidth % 4 == 0 && kStride % 4 == 0;
+  constexpr int kGroups = kBy4 ? kWidth / 4 : 1;
+  const bool by4 =
+      kBy4 && p.n % 4 == 0 && reinterpret_cast<uintptr_t>(p.out) % (4 * sizeof(T)) == 0;
+
   if (csize == 1) {
-    for (int i = threadIdx.x; i < kBeta * kWidth; i += blockDim.x) {
-      const int r = kBatchLeading ? i % kBeta : i / kWidth;
-      const int c = kBatchLeading ? i / kBeta : i % kWidth;
-      if (r < out_rows && c < n_valid) {
-        origin[r * row_step + c * col_step] = from_float<T>(red[r * kStride + c]);
+    if (by4) {
+      for (int i = threadIdx.x; i < kBeta * kGroups; i += blockDim.x) {
+        const int r = i / kGroups, c = i % kGroups * 4;
+        if (r < out_rows && c < n_valid) {
+          store4(origin + r * row_step + c,
+                 *reinterpret_cast<const float4*>(red + r * kStride + c));
+        }
+      }
+    } else {
+      for (int i = threadIdx.x; i < kBeta * kWidth; i += blockDim.x) {
+        const int r = kBatchLeading ? i % kBeta : i / kWidth;
+        const int c = kBatchLeading ? i / kBeta : i % kWidth;
+        if (r < out_rows && c < n_valid) {
+          origin[r * row_step + c * col_step] = from_float<T>(red[r * kStride + c]);
+        }
       }
     }
     __syncthreads();
     return;
   }
+
   const cg::cluster_group cluster = cg::this_cluster();
   const int r_lo = rank * kBeta / csize, share = (rank + 1) * kBeta / csize - r_lo;
-  for (int i = threadIdx.x; i < share * kWidth; i += blockDim.x) {
-    const int r = r_lo + (kBatchLeading ? i % share : i / kWidth);
-    const int c = kBatchLeading ? i / share : i % kWidth;
-    if (r >= out_rows || c >= n_valid) continue;
-    float sum = 0.0f;
-    for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(red, q)[r * kStride + c];
-    origin[r * row_step + c * col_step] = from_float<T>(sum);
+  if (by4) {
+    for (int i = threadIdx.x; i < share * kGroups; i += blockDim.x) {
+      const int r = r_lo + i / kGroups, c = i % kGroups * 4;
+      if (r >= out_rows || c >= n_valid) continue;
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int q = 0; q < csize; ++q) {
+        const float4 v =
+            *reinterpret_cast<const float4*>(cluster.map_shared_rank(red, q) + r * kStride + c);
+        sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
+      }
+      store4(origin + r * row_step + c, sum);
+    }
+  } else {
+    for (int i = threadIdx.x; i < share * kWidth; i += blockDim.x) {
+      const int r = r_lo + (kBatchLeading ? i % share : i / kWidth);
+      const int c = kBatchLeading ? i / share : i % kWidth;
+      if (r >= out_rows || c >= n_valid) continue;
+      float sum = 0.0f;
+      for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(red, q)[r * kStride + c];
+      origin[r * row_step + c * col_step] = from_float<T>(sum);
+    }
   }
   cluster.sync();  // no block reuses or leaves its tile while others read it
 }

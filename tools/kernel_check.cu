@@ -5,13 +5,14 @@
 //                                float64 host reference; outputs poisoned before each run; each
 //                                run twice and compared bitwise. `quick` and `tiny` keep the
 //                                problems small for compute-sanitizer (tiny for its slow tools).
-//   kernel_check bench [beta rows cols density n dtype cluster]
+//   kernel_check bench [beta rows cols density n dtype cluster tiles_per_block]
 //                                default 4096 x 1024 at 90% sparsity, n = 4096, float32: both
 //                                directions and layouts (at narrow n both kernel families) and
 //                                SDDMM, median of repeats with CUDA events, plus a 3-run
 //                                bitwise determinism check. `cluster` forces the thread blocks
-//                                per line (SpMM) and per region (SDDMM); default 0: the
-//                                heuristic's choice.
+//                                per line (SpMM) and per region (SDDMM), `tiles_per_block` the
+//                                n-tiles per thread block of the wide kernel on lines of one
+//                                block; default 0: the heuristic's choice.
 //
 // Exit status 0 only when every case passed.
 #include <cuda_bf16.h>
@@ -362,10 +363,11 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
       dout, out_bytes, [&] { return launch_spmm(a, dev, nullptr, opt); }, 2, &same, &launch_error);
   const double err = rel_error(decode(t, bytes), ref, scale);
   char name[256];
-  std::snprintf(name, sizeof name, "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d %s",
+  std::snprintf(name, sizeof name,
+                "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d %s tiles_per_block=%d",
                 dtype_name(t), long(m.shape.rows), long(m.shape.cols), m.shape.block_size,
                 m.values.size(), long(n), transpose ? "T" : "N", batch_leading ? "batch" : "feat",
-                opt.cluster, kernel_name(opt.kernel));
+                opt.cluster, kernel_name(opt.kernel), opt.tiles_per_block);
   report(name, err, tolerance(t), same, launch_error);
   cudaFree(dd);
   cudaFree(dout);
@@ -480,6 +482,31 @@ int run_check(int level, const DeviceInfo& dev) {
       }
       check_sddmm(small, t, 40, false, false, rng, dev, {8});
     }
+    // Lines of one CSB block and a long n: thread blocks walk several n-tiles, forced (over
+    // sparse blocks, an empty one, full blocks of several sort chunks and repeated positions)
+    // and by the heuristic at an n that is long enough for it.
+    for (int beta : tiny ? std::vector<int>{64} : std::vector<int>{16, 64, 256}) {
+      for (int tr = 0; tr < 2; ++tr) {
+        // rows x cols with lines of one block in direction tr: at most beta deep along in_dim.
+        auto walked = [&](double dens, int64_t unit_target, int64_t empty_row) {
+          const int64_t depth = beta - 5, width = 3 * beta - 20;
+          return random_csb(tr ? depth : width, tr ? width : depth, beta, dens, t, rng, unit_target,
+                            empty_row, 1);
+        };
+        const HostCsb walked_cases[] = {walked(0.3, 64, 3), walked(1.0, 1 << 30, -1),
+                                        with_repeats(walked(0.3, 64, 3))};
+        for (const HostCsb& m : walked_cases) {
+          for (int bl = 0; bl < 2; ++bl) {
+            for (int64_t n : tiny ? std::vector<int64_t>{300} : std::vector<int64_t>{1000, 997}) {
+              check_spmm(m, t, n, tr, bl, {0, SpmmKernel::kWide, 3}, rng, dev);
+            }
+          }
+        }
+        if (!quick && beta == 64) {
+          check_spmm(walked_cases[0], t, 40000, tr, false, {0, SpmmKernel::kWide}, rng, dev);
+        }
+      }
+    }
     HostCsb repeats = with_repeats(random_csb(150, 140, 32, 0.3, t, rng, 64));
     for (int64_t n : {1, 16}) {
       for (int tr = 0; tr < 2; ++tr) {
@@ -522,7 +549,7 @@ float time_ms(F launch, int reps = 20, int rounds = 7) {
 }
 
 int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, double density,
-              int64_t n, DType t, int cluster) {
+              int64_t n, DType t, int cluster, int tiles_per_block) {
   std::mt19937 rng(7);
   const int64_t nnz_target = static_cast<int64_t>(rows * cols * density);
   const int64_t unit_target = std::max<int64_t>(beta * beta / 4, (nnz_target + 2047) / 2048);
@@ -545,7 +572,8 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
       for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr)) {
         if (kernel == SpmmKernel::kNarrow && n > 64) continue;  // built for small n only
         const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
-        const SpmmOptions opt{cluster, kernel};
+        // tiles_per_block applies to lines of one block only (and the wide kernel only).
+        const SpmmOptions opt{cluster, kernel, a.shape.line_length() == 1 ? tiles_per_block : 0};
         auto launch = [&] { return launch_spmm(a, dev, nullptr, opt); };
         const float ms = time_ms(launch);
         // Determinism: three runs bitwise equal.
@@ -603,10 +631,12 @@ int main(int argc, char** argv) {
                     : type == "float16" ? DType::kF16
                                         : DType::kF32;
     const int cluster = argc > 8 ? std::atoi(argv[8]) : 0;
-    return run_bench(beta, dev, rows, cols, density, n, t, cluster);
+    const int tiles_per_block = argc > 9 ? std::atoi(argv[9]) : 0;
+    return run_bench(beta, dev, rows, cols, density, n, t, cluster, tiles_per_block);
   }
   std::fprintf(stderr,
-               "usage: %s check [quick|tiny] | bench [beta rows cols density n dtype cluster]\n",
+               "usage: %s check [quick|tiny] | bench [beta rows cols density n dtype cluster "
+               "tiles_per_block]\n",
                argv[0]);
   return 2;
 }
