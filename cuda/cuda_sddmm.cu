@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   // This block's share of the tiles of n: all of them, or the rank-th of the cluster's shares.
   const int csize = kSplit ? p.cluster : 1, rank = static_cast<int>(blockIdx.x % csize);
-  const int64_t tiles = (p.n + kTileN - 1) / kTileN;
+  const int64_t tiles = ceil_div(p.n, kTileN);
   const int64_t n_begin = kSplit ? rank * tiles / csize * kTileN : 0;
   const int64_t n_end = kSplit ? std::min(p.n, (rank + 1) * tiles / csize * kTileN) : p.n;
 
@@ -298,8 +298,8 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
   p.block_cols = a.shape.block_cols();
   p.beta = a.shape.block_size;
   const int64_t span = Cfg::kRegion / p.beta;
-  p.region_cols = (p.block_cols + span - 1) / span;
-  p.num_regions = (p.block_rows + span - 1) / span * p.region_cols;
+  p.region_cols = ceil_div(p.block_cols, span);
+  p.num_regions = ceil_div(p.block_rows, span) * p.region_cols;
   p.lhs_transposed = a.lhs_transposed;
   p.rhs_transposed = a.rhs_transposed;
   p.lhs_vec = vector_groups<T>(a.lhs, a.lhs_transposed ? p.rows : p.n);
@@ -313,10 +313,9 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
   // A cluster splits each region's walk over n while all its blocks still fit in one wave
   // (a region's tiles of n play the part of a line's positions).
   const int per_sm = resident_blocks<sddmm_kernel<T, Cfg, true>>(Cfg::kThreads, smem);
-  const int64_t tiles = (p.n + Cfg::kTileN - 1) / Cfg::kTileN;
-  err = line_cluster(
-      options.cluster, dev, p.num_regions, tiles, Cfg::kMinTilesPerBlock,
-      [&](int) { return per_sm; }, &p.cluster);
+  const int64_t tiles = ceil_div(p.n, Cfg::kTileN);
+  err = line_cluster(options.cluster, dev, p.num_regions, tiles, Cfg::kMinTilesPerBlock, per_sm,
+                     &p.cluster);
   if (err != cudaSuccess) return err;
   // A grid-stride loop covers more regions than one launch can have blocks.
   const int64_t grid_regions = std::min<int64_t>(p.num_regions, INT32_MAX / 8);
@@ -336,7 +335,7 @@ cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStrea
   if (beta == 128) return launch<T, SddmmConfig<128>>(a, dev, stream, options);
   const int64_t span = 128 / beta;
   const int64_t regions128 =
-      (a.shape.block_rows() + span - 1) / span * ((a.shape.block_cols() + span - 1) / span);
+      ceil_div(a.shape.block_rows(), span) * ceil_div(a.shape.block_cols(), span);
   if (regions128 < 2 * int64_t{dev.num_sms}) {
     return launch<T, SddmmConfig<64>>(a, dev, stream, options);
   }

@@ -47,6 +47,17 @@ struct SpmmParams : LineParams {
   bool vec_ok;  // dense allows the cp.async staging (alignment and row length)
 };
 
+// The shared-memory arrays of the sort (sort_chunk): the sorted entries (input index, value
+// bits), the start of each output row among them, the row counts and the per-row bitmap of
+// input indices that they come from, and whether the chunk repeats a position.
+struct SortArrays {
+  int2* ent;
+  int* start;
+  int* counts;
+  uint32_t* mask;
+  int* repeats;
+};
+
 // Shared-memory layout of one thread block, in bytes.
 template <typename T, class Cfg, bool kBatchLeading>
 struct SpmmSmem {
@@ -71,10 +82,18 @@ struct SpmmSmem {
   static constexpr size_t kMaskOffset = kCountOffset + align16(Cfg::kBeta * sizeof(int));
   static constexpr size_t kRangeOffset =
       kMaskOffset + align16(size_t{Cfg::kBeta} * Cfg::kMaskWords * sizeof(uint32_t));
+  static constexpr size_t kRepeatsOffset = kRangeOffset + 2 * sizeof(int);
   static constexpr size_t kBytes = kRangeOffset + 16;
   // walk_tiles_kernel stages the next n-tile into a second tile slot past the rest.
   static constexpr size_t kWalkTileOffset = kBytes;
   static constexpr size_t kWalkBytes = kWalkTileOffset + kEntOffset;
+
+  static __device__ SortArrays sort_arrays(unsigned char* smem) {
+    return {reinterpret_cast<int2*>(smem + kEntOffset), reinterpret_cast<int*>(smem + kStartOffset),
+            reinterpret_cast<int*>(smem + kCountOffset),
+            reinterpret_cast<uint32_t*>(smem + kMaskOffset),
+            reinterpret_cast<int*>(smem + kRepeatsOffset)};
+  }
 };
 
 // First index i in [0, size) with a[i] >= target, or size; a is assumed non-decreasing (when it
@@ -154,9 +173,12 @@ __device__ __forceinline__ void stage_tile(const SpmmParams& p, T* tile, int64_t
 // bits), with start[r] .. start[r + 1] the entries of output row r. Nonzeros whose local index
 // lies outside a beta x beta block are dropped. Ends without a barrier.
 template <typename T, class Cfg, bool kTranspose>
-__device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int count, int2* ent,
-                                           int* start, int* counts, uint32_t* mask, int* repeats) {
+__device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int count,
+                                           const SortArrays& s) {
   constexpr int kBeta = Cfg::kBeta, kWords = Cfg::kMaskWords;
+  int2* ent = s.ent;
+  int *start = s.start, *counts = s.counts, *repeats = s.repeats;
+  uint32_t* mask = s.mask;
   const T* values = static_cast<const T*>(p.values);
   int key[Cfg::kPerThread], sub[Cfg::kPerThread];
   float val[Cfg::kPerThread];
@@ -276,9 +298,11 @@ __device__ __forceinline__ void add_entry(const T* tile, int2 en, int lane,
 
 // acc += the warp's kRows output rows of a sorted chunk times the staged tile.
 template <typename T, class Cfg, bool kBatchLeading>
-__device__ __forceinline__ void multiply_chunk(const T* tile, const int2* ent, const int* start,
+__device__ __forceinline__ void multiply_chunk(const T* tile, const SortArrays& sorted,
                                                float (&acc)[Cfg::kRows][Cfg::kVec]) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int2* ent = sorted.ent;
+  const int* start = sorted.start;
 #pragma unroll
   for (int rr = 0; rr < Cfg::kRows; ++rr) {
     const int r = warp * Cfg::kRows + rr;
@@ -306,7 +330,7 @@ __device__ __forceinline__ void write_tile(const SpmmParams& p, float* red,
 #pragma unroll
       for (int i = 0; i < Cfg::kVec; ++i) dst[lane + 32 * i] = acc[rr][i];
     } else {
-      store_vec<Cfg::kVec>(dst + lane * Cfg::kVec, acc[rr]);
+      store_vec<float, Cfg::kVec>(dst + lane * Cfg::kVec, acc[rr]);
     }
   }
   write_line_tile<T, Cfg::kBeta, Cfg::kTileN, L::kRedStride, kBatchLeading>(p, red, line, n0);
@@ -326,18 +350,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) walk_tiles_kernel(const SpmmPar
   if (line >= p.num_lines) return;
   T* const slot0 = reinterpret_cast<T*>(smem + L::kTileOffset);
   T* const slot1 = reinterpret_cast<T*>(smem + L::kWalkTileOffset);
-  int2* ent = reinterpret_cast<int2*>(smem + L::kEntOffset);
-  int* start = reinterpret_cast<int*>(smem + L::kStartOffset);
-  int* counts = reinterpret_cast<int*>(smem + L::kCountOffset);
-  uint32_t* mask = reinterpret_cast<uint32_t*>(smem + L::kMaskOffset);
-  int* repeats = reinterpret_cast<int*>(smem + L::kRangeOffset) + 2;
+  const SortArrays sorted = L::sort_arrays(smem);
 
   int64_t e0, e1;
   block_range(p.block_ptr, line_block(p, line, 0, kTranspose), p.nnz, &e0, &e1);
   const bool sorted_once = e1 - e0 <= Cfg::kChunk;
   if (sorted_once) {
-    sort_chunk<T, Cfg, kTranspose>(p, e0, static_cast<int>(e1 - e0), ent, start, counts, mask,
-                                   repeats);
+    sort_chunk<T, Cfg, kTranspose>(p, e0, static_cast<int>(e1 - e0), sorted);
   }
   int64_t t = blockIdx.y;
   if (t < p.num_tiles) stage_tile<T, Cfg, kBatchLeading>(p, slot0, 0, t * Cfg::kTileN);
@@ -354,14 +373,14 @@ __global__ void __launch_bounds__(Cfg::kThreads) walk_tiles_kernel(const SpmmPar
     __syncthreads();
     float acc[Cfg::kRows][Cfg::kVec] = {};
     if (sorted_once) {
-      multiply_chunk<T, Cfg, kBatchLeading>(tile, ent, start, acc);
+      multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
     } else {
       for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
         if (k0 != e0) __syncthreads();
         const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
-        sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask, repeats);
+        sort_chunk<T, Cfg, kTranspose>(p, k0, count, sorted);
         __syncthreads();
-        multiply_chunk<T, Cfg, kBatchLeading>(tile, ent, start, acc);
+        multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
       }
     }
     write_tile<T, Cfg, kBatchLeading>(p, reinterpret_cast<float*>(tile), acc, line,
@@ -376,12 +395,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
   extern __shared__ __align__(16) unsigned char smem[];
   T* tile = reinterpret_cast<T*>(smem + L::kTileOffset);
   float* red = reinterpret_cast<float*>(smem + L::kTileOffset);
-  int2* ent = reinterpret_cast<int2*>(smem + L::kEntOffset);
-  int* start = reinterpret_cast<int*>(smem + L::kStartOffset);
-  int* counts = reinterpret_cast<int*>(smem + L::kCountOffset);
-  uint32_t* mask = reinterpret_cast<uint32_t*>(smem + L::kMaskOffset);
+  const SortArrays sorted = L::sort_arrays(smem);
   int* range = reinterpret_cast<int*>(smem + L::kRangeOffset);  // [begin, end) of positions
-  int* repeats = range + 2;  // whether the chunk being sorted repeats a position
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int csize = p.cluster;
@@ -426,15 +441,15 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
       int64_t e0, e1;
       block_range(p.block_ptr, b, p.nnz, &e0, &e1);
       if (e0 >= e1) continue;
-      __syncthreads();  // the previous block's compute is done with tile, ent and start
+      __syncthreads();  // the previous block's compute is done with the tile and the sorted arrays
       stage_tile<T, Cfg, kBatchLeading>(p, tile, pos * kBeta, n0);
       for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
         if (k0 != e0) __syncthreads();
         const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
-        sort_chunk<T, Cfg, kTranspose>(p, k0, count, ent, start, counts, mask, repeats);
+        sort_chunk<T, Cfg, kTranspose>(p, k0, count, sorted);
         cp_async_wait_all();
         __syncthreads();
-        multiply_chunk<T, Cfg, kBatchLeading>(tile, ent, start, acc);
+        multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
       }
     }
     write_tile<T, Cfg, kBatchLeading>(p, red, acc, line, n0);
@@ -462,7 +477,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   set_line_params(a, &p);
   p.units = a.units;
   p.num_units = a.num_units;
-  p.num_tiles = (a.n + Cfg::kTileN - 1) / Cfg::kTileN;
+  p.num_tiles = ceil_div(a.n, Cfg::kTileN);
   const auto addr = reinterpret_cast<uintptr_t>(a.dense);
   p.vec_ok = kBatchLeading ? (p.in_dim * sizeof(T)) % 4 == 0 && addr % 4 == 0
                            : (p.n * sizeof(T)) % 16 == 0 && addr % 16 == 0;
@@ -477,9 +492,8 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   // Split lines only when lines x n-tiles leave the GPU underused, and never into more pieces
   // than a line has positions.
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  err = line_cluster(
-      options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, [&](int) { return per_sm; },
-      &p.cluster);
+  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, per_sm,
+                     &p.cluster);
   if (err != cudaSuccess) return err;
 
   const size_t walk_smem = L::kWalkBytes;

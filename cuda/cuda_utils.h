@@ -68,7 +68,7 @@ inline void set_line_params(const SpmmArgs& a, LineParams* p) {
 // The most positions of a line of `line_length` that one thread block of a cluster of
 // `cluster` walks (line_part).
 inline int64_t rank_positions(int64_t line_length, int cluster) {
-  return (line_length + cluster - 1) / cluster;
+  return ceil_div(line_length, cluster);
 }
 
 // Thread blocks per cluster that split one line of a product: `requested` when given (1, 2, 4
@@ -92,6 +92,14 @@ cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks, i
   if (c != 1 && c != 2 && c != 4 && c != 8) return cudaErrorInvalidValue;
   *csize = c;
   return cudaSuccess;
+}
+// The same, for a kernel whose thread blocks do not depend on the cluster size: `per_sm` of them
+// fit on a multiprocessor.
+inline cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks,
+                                int64_t line_length, int64_t min_positions, int per_sm,
+                                int* csize) {
+  return line_cluster(
+      requested, dev, blocks, line_length, min_positions, [per_sm](int) { return per_sm; }, csize);
 }
 
 // Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
@@ -170,7 +178,7 @@ cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, i
   auto per_sm = [&](int cluster) {
     return resident_blocks<kKernel>(32 * warps(cluster), warps(cluster) * warp_smem);
   };
-  p.num_tiles = (p.n + tile - 1) / tile;
+  p.num_tiles = ceil_div(p.n, tile);
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
   err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, per_sm,
                      &p.cluster);
@@ -231,16 +239,16 @@ __device__ __forceinline__ void load_vec(const T* src, float (&dst)[kVec]) {
   for (int i = 0; i < kVec; ++i) dst[i] = to_float(u.elems[i]);
 }
 
-// Stores kVec float32 values with one aligned vector access.
-template <int kVec>
-__device__ __forceinline__ void store_vec(float* dst, const float (&src)[kVec]) {
-  using V = typename VecStorage<4 * kVec>::type;
+// Narrows kVec float32 values to T and stores them with one aligned vector access.
+template <typename T, int kVec>
+__device__ __forceinline__ void store_vec(T* dst, const float (&src)[kVec]) {
+  using V = typename VecStorage<sizeof(T) * kVec>::type;
   union {
     V raw;
-    float elems[kVec];
+    T elems[kVec];
   } u;
 #pragma unroll
-  for (int i = 0; i < kVec; ++i) u.elems[i] = src[i];
+  for (int i = 0; i < kVec; ++i) u.elems[i] = from_float<T>(src[i]);
   *reinterpret_cast<V*>(dst) = u.raw;
 }
 
@@ -376,22 +384,6 @@ __device__ __forceinline__ void add_warp_tiles(float* tiles, int warp_stride, in
   }
 }
 
-// Four float32 values of a tile, converted to T and stored with one access at dst (aligned to
-// four values of T).
-template <typename T>
-__device__ __forceinline__ void store4(T* dst, float4 v) {
-  using V = typename VecStorage<4 * sizeof(T)>::type;
-  union {
-    V raw;
-    T elems[4];
-  } u;
-  u.elems[0] = from_float<T>(v.x);
-  u.elems[1] = from_float<T>(v.y);
-  u.elems[2] = from_float<T>(v.z);
-  u.elems[3] = from_float<T>(v.w);
-  *reinterpret_cast<V*>(dst) = u.raw;
-}
-
 // The end of a line's n-tile, called by every thread of every block of the line's cluster once
 // each block holds its float32 partial tile `red` (beta rows of kWidth columns, row stride
 // kStride): the blocks add the cluster's tiles in rank order and each writes its share of the
@@ -430,8 +422,9 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
       for (int i = threadIdx.x; i < kBeta * kGroups; i += blockDim.x) {
         const int r = i / kGroups, c = i % kGroups * 4;
         if (r < out_rows && c < n_valid) {
-          store4(origin + r * row_step + c,
-                 *reinterpret_cast<const float4*>(red + r * kStride + c));
+          float v[4];
+          load_vec<float, 4>(red + r * kStride + c, v);
+          store_vec<T, 4>(origin + r * row_step + c, v);
         }
       }
     } else {
@@ -453,13 +446,13 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
     for (int i = threadIdx.x; i < share * kGroups; i += blockDim.x) {
       const int r = r_lo + i / kGroups, c = i % kGroups * 4;
       if (r >= out_rows || c >= n_valid) continue;
-      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      float sum[4] = {}, v[4];
       for (int q = 0; q < csize; ++q) {
-        const float4 v =
-            *reinterpret_cast<const float4*>(cluster.map_shared_rank(red, q) + r * kStride + c);
-        sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
+        load_vec<float, 4>(cluster.map_shared_rank(red, q) + r * kStride + c, v);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) sum[j] += v[j];
       }
-      store4(origin + r * row_step + c, sum);
+      store_vec<T, 4>(origin + r * row_step + c, sum);
     }
   } else {
     for (int i = threadIdx.x; i < share * kWidth; i += blockDim.x) {

@@ -322,7 +322,6 @@ const char* kernel_name(SpmmKernel k) {
   }
 }
 
-// Whether kernel family k can run products of block size beta and value type t.
 // The families that can run a product: the one the heuristic picks (kAuto) and every other.
 std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, bool transpose) {
   const SpmmKernel preferred = preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32);
