@@ -312,10 +312,11 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
   if (err != cudaSuccess) return err;
   // A cluster splits each region's walk over n while all its blocks still fit in one wave
   // (a region's tiles of n play the part of a line's positions).
-  const int per_sm = resident_blocks<sddmm_kernel<T, Cfg, true>>(Cfg::kThreads, smem);
+  const int64_t slots = resident_on_gpu<sddmm_kernel<T, Cfg, true>>(1, Cfg::kThreads, smem, dev);
   const int64_t tiles = ceil_div(p.n, Cfg::kTileN);
-  err = line_cluster(options.cluster, dev, p.num_regions, tiles, Cfg::kMinTilesPerBlock, per_sm,
-                     &p.cluster);
+  err = line_cluster(
+      options.cluster, dev, p.num_regions, tiles, Cfg::kMinTilesPerBlock,
+      [slots](int) { return slots; }, &p.cluster);
   if (err != cudaSuccess) return err;
   // A grid-stride loop covers more regions than one launch can have blocks.
   const int64_t grid_regions = std::min<int64_t>(p.num_regions, INT32_MAX / 8);

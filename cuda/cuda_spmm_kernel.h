@@ -469,6 +469,33 @@ inline int64_t walk_extent(int64_t lines, int64_t tiles, int64_t slots, int64_t 
   return 8 * walk_cost <= 9 * tile_waves ? extent : 0;
 }
 
+// Thread blocks per cluster past the one-wave size `csize` (line_cluster) where that ends
+// sooner: `blocks` (lines x n-tiles) at cluster c take ceil(blocks c / slots(c)) waves of 1/c
+// of a line's work each, so where few lines leave much of one wave empty a larger cluster pays
+// even over several waves (256 line tiles at beta 32 fill 512 of 792 slots at cluster 2, half
+// a line each, and three waves of an eighth at cluster 8). Shorter pieces also share out the
+// heaviest lines, whose weight the host does not know: a Transformer layer's block-columns
+// reach 1.9x the mean. Every thread block keeps kMinPositions positions and, on average over
+// lines of `line_nnz` nonzeros, kMinNonzeros nonzeros, so that the cluster's reduction (a tile
+// per block) stays small beside the staging (a tile per position) and the multiply-adds.
+template <class Slots>
+int wide_cluster(int csize, int64_t blocks, int64_t line_length, int64_t line_nnz, Slots slots) {
+  constexpr int64_t kMinPositions = 8, kMinNonzeros = 2048;
+  int best = csize;
+  int64_t best_waves = ceil_div(blocks * csize, std::max<int64_t>(slots(csize), 1));
+  for (int c = 2 * csize;
+       c <= 8 && c * kMinPositions <= line_length && c * kMinNonzeros <= line_nnz; c *= 2) {
+    const int64_t room = slots(c);
+    if (room <= 0) break;
+    const int64_t waves = ceil_div(blocks * c, room);
+    if (waves * best < best_waves * c) {  // waves / c < best_waves / best
+      best = c;
+      best_waves = waves;
+    }
+  }
+  return best;
+}
+
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
@@ -488,13 +515,17 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
   cudaError_t err = allow_smem<kKernel>(dev.device, smem);
   if (err != cudaSuccess) return err;
-  const int per_sm = resident_blocks<kKernel>(Cfg::kThreads, smem);
-  // Split lines only when lines x n-tiles leave the GPU underused, and never into more pieces
-  // than a line has positions.
+  auto slots = [&](int c) { return resident_on_gpu<kKernel>(c, Cfg::kThreads, smem, dev); };
+  // Split lines when lines x n-tiles leave the GPU underused, and never into more pieces than
+  // a line has positions.
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, per_sm,
+  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 1, slots,
                      &p.cluster);
   if (err != cudaSuccess) return err;
+  if (options.cluster <= 0 && dev.cluster_launch) {
+    p.cluster = wide_cluster(p.cluster, p.num_lines * tiles_y, p.line_length,
+                             a.nnz / std::max<int64_t>(p.num_lines, 1), slots);
+  }
 
   const size_t walk_smem = L::kWalkBytes;
   const bool can_walk =
@@ -503,8 +534,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   if (can_walk && options.tiles_per_block != 1) {
     err = allow_smem<kWalkKernel>(dev.device, walk_smem);
     if (err != cudaSuccess) return err;
-    const int64_t walk_slots =
-        int64_t{dev.num_sms} * resident_blocks<kWalkKernel>(Cfg::kThreads, walk_smem);
+    const int64_t walk_slots = resident_on_gpu<kWalkKernel>(1, Cfg::kThreads, walk_smem, dev);
     // Batch-leading blocks over several sort chunks (30% dense at beta 64) walked 10% slower
     // than one tile per thread block: they sort every chunk for every tile either way.
     const bool chunked = kBatchLeading && a.nnz > p.num_lines * Cfg::kChunk;
@@ -512,7 +542,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
     if (options.tiles_per_block > 1) {
       extent = ceil_div(p.num_tiles, options.tiles_per_block);
     } else if (!chunked) {
-      extent = walk_extent(p.num_lines, p.num_tiles, int64_t{dev.num_sms} * per_sm, walk_slots);
+      extent = walk_extent(p.num_lines, p.num_tiles, slots(1), walk_slots);
     }
     if (extent > 0) {
       return launch_lines(kWalkKernel, p, p.num_lines, 1, extent, Cfg::kThreads, walk_smem, stream);

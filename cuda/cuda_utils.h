@@ -11,6 +11,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -73,19 +76,19 @@ inline int64_t rank_positions(int64_t line_length, int cluster) {
 
 // Thread blocks per cluster that split one line of a product: `requested` when given (1, 2, 4
 // or 8), else the largest power of two up to 8 with which `blocks` (lines x n-tiles) thread
-// blocks still run in one wave (per_sm(c): how many of them a multiprocessor holds at cluster
+// blocks still run in one wave (slots(c): how many of them the GPU holds at once at cluster
 // size c), with at least `min_positions` of the line's positions each. A second wave would
 // take as long as the first with half the positions each, and add the cluster's reduction of
 // partial tiles.
-template <class PerSm>
+template <class Slots>
 cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks, int64_t line_length,
-                         int64_t min_positions, PerSm per_sm, int* csize) {
+                         int64_t min_positions, Slots slots, int* csize) {
   int c = requested;
   if (c > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
   if (c <= 0) {
     c = 1;
     while (dev.cluster_launch && c < 8 && c * 2 * min_positions <= line_length &&
-           blocks * c * 2 <= int64_t{dev.num_sms} * per_sm(c * 2)) {
+           blocks * c * 2 <= slots(c * 2)) {
       c *= 2;
     }
   }
@@ -93,13 +96,15 @@ cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks, i
   *csize = c;
   return cudaSuccess;
 }
-// The same, for a kernel whose thread blocks do not depend on the cluster size: `per_sm` of them
-// fit on a multiprocessor.
-inline cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks,
-                                int64_t line_length, int64_t min_positions, int per_sm,
-                                int* csize) {
-  return line_cluster(
-      requested, dev, blocks, line_length, min_positions, [per_sm](int) { return per_sm; }, csize);
+
+// The launch attribute that groups thread blocks along x in clusters of `csize`.
+inline cudaLaunchAttribute cluster_attribute(int csize) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(csize);
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  return attr;
 }
 
 // Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
@@ -113,12 +118,8 @@ cudaError_t launch_lines(void (*kernel)(Params), const Params& params, int64_t l
   config.blockDim = dim3(threads, 1, 1);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = csize;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  config.attrs = attr;
+  cudaLaunchAttribute attr = cluster_attribute(csize);
+  config.attrs = &attr;
   config.numAttrs = csize > 1 ? 1 : 0;
   return launch_kernel(config, kernel, params);
 }
@@ -145,17 +146,46 @@ cudaError_t allow_smem(int device, size_t smem, bool max_carveout = false) {
   return err;
 }
 
-// Thread blocks of kKernel that one multiprocessor holds at once with `threads` threads and
-// `smem` bytes of dynamic shared memory each, after allow_smem (whose carveout it takes into
-// account); 1 when the occupancy calculator fails (the value only guides the cluster size).
+// Thread blocks of kKernel that the whole GPU holds at once when launched in clusters of
+// `csize` (1: without clusters), with `threads` threads and `smem` bytes of dynamic shared
+// memory each, after allow_smem (whose carveout the count takes into account). A cluster's
+// blocks share one GPC and a launch with clusters holds fewer blocks per multiprocessor than
+// one without (the H100 keeps 8 instead of 12 of the 64-thread SpMM blocks), so for clusters
+// the runtime counts whole clusters. The count only guides the launch shape: without clusters
+// at least one block per multiprocessor, with clusters 0 when the runtime cannot tell. Asked
+// once per device and shape, since launches would otherwise pay microseconds of host time.
 template <auto kKernel>
-int resident_blocks(int threads, size_t smem) {
-  int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, threads, smem) !=
-      cudaSuccess) {
-    cudaGetLastError();
+int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& dev) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int, size_t>, int64_t> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(dev.device, csize, threads, smem);
+  if (auto it = known.find(key); it != known.end()) return it->second;
+
+  int64_t blocks = 0;
+  if (csize <= 1) {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, threads, smem) !=
+        cudaSuccess) {
+      cudaGetLastError();
+    }
+    blocks = int64_t{dev.num_sms} * std::max(per_sm, 1);
+  } else {
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(csize), 1, 1);
+    config.blockDim = dim3(static_cast<unsigned>(threads), 1, 1);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr = cluster_attribute(csize);
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kKernel, &config) != cudaSuccess) {
+      cudaGetLastError();
+    }
+    blocks = int64_t{clusters} * csize;
   }
-  return std::max(blocks, 1);
+  known.emplace(key, blocks);
+  return blocks;
 }
 
 // Launches a kernel of the warp families (narrow n, tensor cores, the n = 1 walk), whose warps
@@ -175,12 +205,16 @@ cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, i
     const int64_t positions = rank_positions(p.line_length, cluster);
     return static_cast<int>(std::clamp<int64_t>(positions / blocks_per_warp, 1, max_warps));
   };
-  auto per_sm = [&](int cluster) {
-    return resident_blocks<kKernel>(32 * warps(cluster), warps(cluster) * warp_smem);
+  // Counted as if launched without clusters: more blocks than fit at once in clusters, but
+  // the sizes that this count gives measured faster for these kernels than those of the
+  // whole-cluster count, which made n = 16 up to 22% slower.
+  auto slots = [&](int cluster) {
+    const int w = warps(cluster);
+    return resident_on_gpu<kKernel>(1, 32 * w, w * warp_smem, dev);
   };
   p.num_tiles = ceil_div(p.n, tile);
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, per_sm,
+  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, slots,
                      &p.cluster);
   if (err != cudaSuccess) return err;
   const int w = warps(p.cluster);
