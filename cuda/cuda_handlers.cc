@@ -43,6 +43,8 @@ ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer lo
   if (cudaError_t err = device_info(stream, &dev); err != cudaSuccess) {
     return cuda_error("reading the device properties", err);
   }
+  // The work units are checked with the other arrays but serve the CPU kernels: a cluster of
+  // thread blocks here splits its line from the blocks' nonzero counts.
   SpmmArgs args;
   args.shape = p.shape;
   args.n = p.n;
@@ -52,8 +54,6 @@ ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer lo
   args.block_ptr = static_cast<const int32_t*>(block_ptr.untyped_data());
   args.local = static_cast<const uint16_t*>(local.untyped_data());
   args.values = values.untyped_data();
-  args.units = static_cast<const int32_t*>(units.untyped_data());
-  args.num_units = p.num_units;
   args.dense = dense.untyped_data();
   args.out = out->untyped_data();
   if (cudaError_t err = launch_spmm(args, dev, stream); err != cudaSuccess) {

@@ -28,8 +28,6 @@ struct SpmmArgs {
   const int32_t* block_ptr = nullptr;  // [num_blocks + 1]
   const uint16_t* local = nullptr;     // [nnz]
   const void* values = nullptr;        // [nnz]
-  const int32_t* units = nullptr;      // [num_units + 1], work units of the direction in use
-  int64_t num_units = 0;
   const void* dense = nullptr;
   void* out = nullptr;
 };

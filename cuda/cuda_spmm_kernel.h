@@ -4,13 +4,13 @@
 // Decomposition. A thread block computes one line (beta output rows of op(S)) for one tile of
 // 32 * kVec columns of n, walking the line's blocks in order. A cluster of C thread blocks
 // (C = 1 when lines x n-tiles fill the GPU, up to 8 when they do not, e.g. small n) splits a
-// line along its work units (the `units` array, balanced by nonzero count); the blocks of a
-// cluster add their partial tiles through distributed shared memory in rank order. Every
-// output element is therefore written exactly once, by a fixed sum order: results are
-// bitwise reproducible, with no atomics on values and no workspace. Lines of a single block (a
-// matrix at most beta deep along the product's input axis) with many n-tiles run
-// walk_tiles_kernel instead: a thread block walks several n-tiles of its line, staging the next
-// tile while the current one is multiplied and written.
+// line where the running weight of its blocks (nonzeros plus the staging of a tile) crosses
+// each rank's share (cluster_range); the blocks of a cluster add their partial tiles through
+// distributed shared memory in rank order. Every output element is therefore written exactly once,
+// by a fixed sum order: results are bitwise reproducible, with no atomics on values and no
+// workspace. Lines of a single block (a matrix at most beta deep along the product's input axis)
+// with many n-tiles run walk_tiles_kernel instead: a thread block walks several n-tiles of its
+// line, staging the next tile while the current one is multiplied and written.
 //
 // Per CSB block. The block's beta x tile slice of D is staged in shared memory with cp.async
 // (16-byte copies along n for row-major D; 4-byte copies along the feature axis for the
@@ -42,8 +42,6 @@ namespace jaxcsb::cuda {
 namespace spmm_detail {
 
 struct SpmmParams : LineParams {
-  const int32_t* units;
-  int64_t num_units;
   bool vec_ok;  // dense allows the cp.async staging (alignment and row length)
 };
 
@@ -96,27 +94,55 @@ struct SpmmSmem {
   }
 };
 
-// First index i in [0, size) with a[i] >= target, or size; a is assumed non-decreasing (when it
-// is not, the result is still an index in [0, size]). Called by a whole warp: each step probes
-// 32 positions, so 100k units take four rounds of loads.
-__device__ inline int64_t warp_lower_bound(const int32_t* a, int64_t size, int64_t target) {
+// The positions [begin, end) of line `line` (of `length` blocks) that rank `rank` of a cluster
+// of `csize` thread blocks walks: the line is cut where the running weight of its blocks
+// crosses each rank's share of the total, a block weighing its nonzeros plus kBeta for the
+// staging of its tile (empty blocks are skipped and weigh nothing). Every rank computes the
+// same cuts, so the ranges partition the line. Called by a whole warp, which reads the line's
+// block_ptr twice; kept out of line so that it adds no registers to the kernel's main loop,
+// and given scalars so that the call copies no kernel parameters to the stack.
+template <int kBeta, bool kTranspose>
+__device__ __noinline__ void cluster_range(const int32_t* block_ptr, int64_t nnz,
+                                           int64_t block_cols, int64_t length, int64_t line,
+                                           int rank, int csize, int64_t* begin, int64_t* end) {
   const int lane = threadIdx.x % 32;
-  int64_t lo = 0, hi = size;
-  while (hi - lo > 32) {
-    const int64_t step = (hi - lo + 31) / 32;
-    const int64_t idx = lo + lane * step;
-    const bool ge = idx >= hi || a[idx] >= target;
-    const unsigned mask = __ballot_sync(0xffffffffu, ge);
-    if (mask & 1u) return lo;
-    const int first = mask ? __ffs(mask) - 1 : 32;
-    const int64_t new_lo = lo + (first - 1) * step + 1;
-    hi = first < 32 ? std::min(hi, lo + first * step) : hi;
-    lo = new_lo;
+  auto weight = [&](int64_t pos) -> int64_t {
+    if (pos >= length) return 0;
+    int64_t e0, e1;
+    block_range(block_ptr, kTranspose ? pos * block_cols + line : line * block_cols + pos, nnz, &e0,
+                &e1);
+    return e1 > e0 ? e1 - e0 + kBeta : 0;
+  };
+  int64_t total = 0;
+  for (int64_t pos = lane; pos < length; pos += 32) total += weight(pos);
+  for (int offset = 16; offset > 0; offset /= 2)
+    total += __shfl_xor_sync(0xffffffffu, total, offset);
+
+  // The first positions whose weight up to their middle reaches the rank's lower and upper
+  // cuts (or the line's end): rank r's upper cut is rank r + 1's lower one.
+  const int64_t lo = total * rank / csize, hi = total * (rank + 1) / csize;
+  int64_t first_lo = rank == 0 ? 0 : -1, first_hi = rank == csize - 1 ? length : -1;
+  int64_t before = 0;  // weight of the positions ahead of this group of 32
+  for (int64_t base = 0; base < length && (first_lo < 0 || first_hi < 0); base += 32) {
+    const int64_t w = weight(base + lane);
+    int64_t upto = w;  // inclusive prefix over the group
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const int64_t other = __shfl_up_sync(0xffffffffu, upto, offset);
+      if (lane >= offset) upto += other;
+    }
+    // Twice the weight up to the middle of this block: a block that straddles a cut goes to
+    // the side that holds most of it (cutting just past it gave the first rank half a block
+    // more than its share on average, 10% slower at 16 blocks a line).
+    const int64_t middle2 = 2 * (before + upto) - w;
+    const bool inside = base + lane < length;
+    const unsigned at_lo = __ballot_sync(0xffffffffu, inside && middle2 >= 2 * lo);
+    const unsigned at_hi = __ballot_sync(0xffffffffu, inside && middle2 >= 2 * hi);
+    if (first_lo < 0 && at_lo) first_lo = base + __ffs(at_lo) - 1;
+    if (first_hi < 0 && at_hi) first_hi = base + __ffs(at_hi) - 1;
+    before += __shfl_sync(0xffffffffu, upto, 31);
   }
-  const int64_t idx = lo + lane;
-  const bool ge = idx >= hi || a[idx] >= target;
-  const unsigned mask = __ballot_sync(0xffffffffu, ge);
-  return mask ? std::min(hi, lo + __ffs(mask) - 1) : hi;
+  *begin = first_lo < 0 ? length : first_lo;
+  *end = first_hi < 0 ? length : first_hi;
 }
 
 // Stages the block's slice of D: features [in_base, in_base + beta) x n [n0, n0 + kTileN),
@@ -404,27 +430,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
   const int64_t line = blockIdx.x / csize;
   if (line >= p.num_lines) return;  // uniform over the cluster
 
-  // The positions of the line this block walks: all of them, or a share of its work units.
+  // The positions of the line this block walks: all of them, or the rank's share.
   int64_t pos_begin = 0, pos_end = p.line_length;
   if (csize > 1) {
     if (warp == 0) {
-      const int64_t lb = line * p.line_length, le = lb + p.line_length;
-      const int64_t ua = warp_lower_bound(p.units, p.num_units + 1, lb);
-      const int64_t ub = warp_lower_bound(p.units, p.num_units + 1, le);
-      const int64_t nu = ub - ua;
-      int64_t b = lb, e = le;
-      if (nu > 0) {
-        const int64_t i0 = ua + rank * nu / csize, i1 = ua + (rank + 1) * nu / csize;
-        b = rank == 0 ? lb : p.units[i0];
-        e = rank == csize - 1 || i1 >= ub ? le : p.units[i1];
-      } else if (rank != 0) {
-        b = e;  // malformed units: the first block takes the whole line
-      }
-      b = std::min(std::max(b, lb), le);
-      e = std::min(std::max(e, b), le);
+      int64_t b, e;
+      cluster_range<kBeta, kTranspose>(p.block_ptr, p.nnz, p.block_cols, p.line_length, line, rank,
+                                       csize, &b, &e);
       if (lane == 0) {
-        range[0] = static_cast<int>(b - lb);
-        range[1] = static_cast<int>(e - lb);
+        range[0] = static_cast<int>(b);
+        range[1] = static_cast<int>(e);
       }
     }
     __syncthreads();
@@ -502,8 +517,6 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   using L = SpmmSmem<T, Cfg, kBatchLeading>;
   SpmmParams p{};
   set_line_params(a, &p);
-  p.units = a.units;
-  p.num_units = a.num_units;
   p.num_tiles = ceil_div(a.n, Cfg::kTileN);
   const auto addr = reinterpret_cast<uintptr_t>(a.dense);
   p.vec_ok = kBatchLeading ? (p.in_dim * sizeof(T)) % 4 == 0 && addr % 4 == 0

@@ -98,36 +98,14 @@ struct HostCsb {
   std::vector<int32_t> block_ptr;
   std::vector<uint16_t> local;
   std::vector<float> values;
-  std::vector<int32_t> units[2];  // forward, transposed
   // Coordinates of each nonzero in the stored matrix.
   std::vector<int64_t> row, col;
 };
 
-// Unit boundaries as jaxcsb/_schedule.py builds them: cut a line where the nonzeros before a
-// block cross a multiple of `target`.
-std::vector<int32_t> line_units(const HostCsb& m, bool transpose, int64_t target) {
-  CsbShape s = m.shape;
-  s.transpose = transpose;
-  std::vector<int32_t> u;
-  for (int64_t line = 0; line < s.num_lines(); ++line) {
-    int64_t before = 0, last_bucket = -1;
-    for (int64_t p = 0; p < s.line_length(); ++p) {
-      const int64_t b = s.block_at(line, p);
-      const int64_t bucket = before / target;
-      if (p == 0 || bucket != last_bucket)
-        u.push_back(static_cast<int32_t>(line * s.line_length() + p));
-      last_bucket = bucket;
-      before += m.block_ptr[b + 1] - m.block_ptr[b];
-    }
-  }
-  u.push_back(static_cast<int32_t>(s.num_lines() * s.line_length()));
-  return u;
-}
-
 // A random CSB matrix with the given density; row `empty_row` and block `empty_block` (when
 // in range) are left empty on purpose.
 HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t, std::mt19937& rng,
-                   int64_t unit_target, int64_t empty_row = 3, int64_t empty_block = 1) {
+                   int64_t empty_row = 3, int64_t empty_block = 1) {
   HostCsb m;
   m.shape = CsbShape{rows, cols, beta, false};
   std::uniform_real_distribution<float> val(-1.0f, 1.0f);
@@ -149,8 +127,6 @@ HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t
     }
     m.block_ptr.push_back(static_cast<int32_t>(m.local.size()));
   }
-  m.units[0] = line_units(m, false, unit_target);
-  m.units[1] = line_units(m, true, unit_target);
   return m;
 }
 
@@ -171,8 +147,6 @@ HostCsb with_repeats(const HostCsb& m) {
     }
     r.block_ptr.push_back(static_cast<int32_t>(r.local.size()));
   }
-  r.units[0] = line_units(r, false, 64);
-  r.units[1] = line_units(r, true, 64);
   return r;
 }
 
@@ -188,20 +162,15 @@ struct DeviceCsb {
   int32_t* block_ptr = nullptr;
   uint16_t* local = nullptr;
   uint8_t* values = nullptr;
-  int32_t* units[2] = {nullptr, nullptr};
   explicit DeviceCsb(const HostCsb& m, DType t) {
     block_ptr = to_device(m.block_ptr);
     local = to_device(m.local);
     values = to_device(encode(t, m.values));
-    units[0] = to_device(m.units[0]);
-    units[1] = to_device(m.units[1]);
   }
   ~DeviceCsb() {
     cudaFree(block_ptr);
     cudaFree(local);
     cudaFree(values);
-    cudaFree(units[0]);
-    cudaFree(units[1]);
   }
 };
 
@@ -284,8 +253,6 @@ SpmmArgs spmm_args(const HostCsb& m, const DeviceCsb& dm, DType t, int64_t n, bo
   a.block_ptr = dm.block_ptr;
   a.local = dm.local;
   a.values = dm.values;
-  a.units = dm.units[transpose];
-  a.num_units = static_cast<int64_t>(m.units[transpose].size()) - 1;
   a.dense = dense;
   a.out = out;
   return a;
@@ -428,8 +395,7 @@ int run_check(int level, const DeviceInfo& dev) {
   for (const auto& pr : problems) {
     for (int beta : betas) {
       for (DType t : types) {
-        // Small unit target: lines split into several units, so clusters have work to share.
-        HostCsb m = random_csb(pr.rows, pr.cols, beta, pr.density, t, rng, /*unit_target=*/64);
+        HostCsb m = random_csb(pr.rows, pr.cols, beta, pr.density, t, rng);
         for (int64_t n : ns) {
           for (int tr = 0; tr < 2; ++tr) {
             for (int bl = 0; bl < 2; ++bl) {
@@ -452,11 +418,10 @@ int run_check(int level, const DeviceInfo& dev) {
   }
   // nnz = 0, and a matrix whose blocks are dense (several sort chunks per block).
   for (DType t : types) {
-    HostCsb empty = random_csb(70, 50, 16, 0.0, t, rng, 64);
+    HostCsb empty = random_csb(70, 50, 16, 0.0, t, rng);
     for (int tr = 0; tr < 2; ++tr) check_spmm(empty, t, 9, tr, false, {}, rng, dev);
     check_sddmm(empty, t, 9, false, false, rng, dev);
-    HostCsb full =
-        random_csb(quick ? 130 : 300, quick ? 70 : 260, 64, 1.0, t, rng, 1 << 30, -1, -1);
+    HostCsb full = random_csb(quick ? 130 : 300, quick ? 70 : 260, 64, 1.0, t, rng, -1, -1);
     for (int tr = 0; tr < 2; ++tr) {
       for (int bl = 0; bl < 2; ++bl) {
         for (int64_t n : {1, 70}) {
@@ -467,13 +432,13 @@ int run_check(int level, const DeviceInfo& dev) {
       }
     }
     check_sddmm(full, t, 70, true, false, rng, dev);
-    HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, 1 << 30, -1, -1);
+    HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, -1, -1);
     for (int tr = 0; tr < 2; ++tr) check_spmm(full256, t, 33, tr, true, {}, rng, dev);
     check_sddmm(full256, t, 33, false, true, rng, dev);
     // Few regions and a long n: clusters split the walk over n (the heuristic's and forced
     // sizes, down to shares of less than a tile).
     if (dev.cluster_launch) {
-      HostCsb small = random_csb(90, 140, 32, 0.3, t, rng, 64);
+      HostCsb small = random_csb(90, 140, 32, 0.3, t, rng);
       for (int cluster : tiny ? std::vector<int>{2} : std::vector<int>{0, 2, 8}) {
         for (int lt = 0; lt < (tiny ? 1 : 2); ++lt) {
           check_sddmm(small, t, tiny ? 200 : 1100, lt, !lt, rng, dev, {cluster});
@@ -487,13 +452,13 @@ int run_check(int level, const DeviceInfo& dev) {
     for (int beta : tiny ? std::vector<int>{64} : std::vector<int>{16, 64, 256}) {
       for (int tr = 0; tr < 2; ++tr) {
         // rows x cols with lines of one block in direction tr: at most beta deep along in_dim.
-        auto walked = [&](double dens, int64_t unit_target, int64_t empty_row) {
+        auto walked = [&](double dens, int64_t empty_row) {
           const int64_t depth = beta - 5, width = 3 * beta - 20;
-          return random_csb(tr ? depth : width, tr ? width : depth, beta, dens, t, rng, unit_target,
-                            empty_row, 1);
+          return random_csb(tr ? depth : width, tr ? width : depth, beta, dens, t, rng, empty_row,
+                            1);
         };
-        const HostCsb walked_cases[] = {walked(0.3, 64, 3), walked(1.0, 1 << 30, -1),
-                                        with_repeats(walked(0.3, 64, 3))};
+        const HostCsb walked_cases[] = {walked(0.3, 3), walked(1.0, -1),
+                                        with_repeats(walked(0.3, 3))};
         for (const HostCsb& m : walked_cases) {
           for (int bl = 0; bl < 2; ++bl) {
             for (int64_t n : tiny ? std::vector<int64_t>{300} : std::vector<int64_t>{1000, 997}) {
@@ -506,7 +471,7 @@ int run_check(int level, const DeviceInfo& dev) {
         }
       }
     }
-    HostCsb repeats = with_repeats(random_csb(150, 140, 32, 0.3, t, rng, 64));
+    HostCsb repeats = with_repeats(random_csb(150, 140, 32, 0.3, t, rng));
     for (int64_t n : {1, 16}) {
       for (int tr = 0; tr < 2; ++tr) {
         for (int bl = 0; bl < 2; ++bl) {
@@ -550,9 +515,7 @@ float time_ms(F launch, int reps = 20, int rounds = 7) {
 int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, double density,
               int64_t n, DType t, int cluster, int tiles_per_block) {
   std::mt19937 rng(7);
-  const int64_t nnz_target = static_cast<int64_t>(rows * cols * density);
-  const int64_t unit_target = std::max<int64_t>(beta * beta / 4, (nnz_target + 2047) / 2048);
-  HostCsb m = random_csb(rows, cols, beta, density, t, rng, unit_target, -1, -1);
+  HostCsb m = random_csb(rows, cols, beta, density, t, rng, -1, -1);
   const int64_t nnz = static_cast<int64_t>(m.values.size());
   DeviceCsb dm(m, t);
   const int64_t big = std::max(rows, cols) * n;
