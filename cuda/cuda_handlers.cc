@@ -43,8 +43,8 @@ ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer lo
   if (cudaError_t err = device_info(stream, &dev); err != cudaSuccess) {
     return cuda_error("reading the device properties", err);
   }
-  // The work units are checked with the other arrays but serve the CPU kernels: a cluster of
-  // thread blocks here splits its line from the blocks' nonzero counts.
+  // The work units are checked with the other arrays, but no kernel reads them any more: a
+  // cluster of thread blocks here cuts its line from block_ptr (as the CPU kernels split).
   SpmmArgs args;
   args.shape = p.shape;
   args.n = p.n;

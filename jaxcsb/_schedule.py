@@ -7,6 +7,11 @@ of consecutive positions inside one line, and the array holds the boundaries of 
 (int32, nunits + 1 entries). Every line has at least one unit, so kernels that give one unit to
 one worker also cover (and zero) empty lines; heavy lines are cut into several units whose
 partial sums the kernels reduce in a fixed order.
+
+No kernel reads the units at present: the CUDA kernels cut a line among a cluster's thread
+blocks from ``block_ptr``, weighing each block by its nonzeros and its staging, and the CPU
+kernels split their work from ``block_ptr`` too. The units remain part of the format (its
+pytree, validation and checkpoints) until a format change drops them.
 """
 
 from __future__ import annotations
