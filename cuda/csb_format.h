@@ -13,7 +13,8 @@
 // Work units (int32, nunits + 1 boundaries) split each "line" (block-row for the forward
 // product, block-column for the transposed one) into pieces of similar nonzero count. Unit k
 // covers positions units[k] .. units[k + 1] of the line-major block order of its direction;
-// a unit never crosses a line and every line has at least one unit.
+// a unit never crosses a line and every line has at least one unit. The handlers check them
+// with the other arrays, but no kernel reads them: the kernels split work from block_ptr.
 #pragma once
 
 #include <cstdint>
