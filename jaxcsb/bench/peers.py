@@ -110,9 +110,7 @@ class JaxCSB(Peer):
                 memo[("csb_order", p.dtype)] = _csb_order(a, m.shape)
             order = memo[("csb_order", p.dtype)]
             to_numpy = lambda out: _to_f64(out)[order]  # noqa: E731
-        transposed = p.product in ("spmm_t", "xw")
-        units = a.col_units if transposed else a.row_units
-        index_bytes = 2 * m.nnz + 4 * (a.block_ptr.size + units.size)
+        index_bytes = 2 * m.nnz + 4 * a.block_ptr.size  # positions and block pointers
         return Prepared(
             "jax",
             fns[p.product],
