@@ -10,8 +10,10 @@ partial sums the kernels reduce in a fixed order.
 
 No kernel reads the units at present: the CUDA kernels cut a line among a cluster's thread
 blocks from ``block_ptr``, weighing each block by its nonzeros and its staging, and the CPU
-kernels split their work from ``block_ptr`` too. The units remain part of the format (its
-pytree, validation and checkpoints) until a format change drops them.
+kernels split their work from ``block_ptr`` too. The units stay in the format (its pytree,
+validation and checkpoints) as its precomputed schedule for a kernel that balances work across
+lines: in the transposed direction no prefix sum of nonzeros exists to search (``block_ptr``
+runs in block-row order), so such a cut needs one computed ahead.
 """
 
 from __future__ import annotations
