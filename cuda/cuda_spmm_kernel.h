@@ -109,8 +109,7 @@ __device__ __noinline__ void cluster_range(const int32_t* block_ptr, int64_t nnz
   auto weight = [&](int64_t pos) -> int64_t {
     if (pos >= length) return 0;
     int64_t e0, e1;
-    block_range(block_ptr, kTranspose ? pos * block_cols + line : line * block_cols + pos, nnz, &e0,
-                &e1);
+    block_range(block_ptr, line_block(block_cols, line, pos, kTranspose), nnz, &e0, &e1);
     return e1 > e0 ? e1 - e0 + kBeta : 0;
   };
   int64_t total = 0;
@@ -338,6 +337,23 @@ __device__ __forceinline__ void multiply_chunk(const T* tile, const SortArrays& 
   }
 }
 
+// acc += the nonzeros [e0, e1) of one CSB block times its staged tile, sorted by output row a
+// chunk at a time. With kAwaitTile the tile's asynchronous copies are awaited after each sort,
+// which they overlap; without, the caller has awaited them. Ends without a barrier.
+template <typename T, class Cfg, bool kTranspose, bool kBatchLeading, bool kAwaitTile>
+__device__ __forceinline__ void multiply_block(const SpmmParams& p, const T* tile, int64_t e0,
+                                               int64_t e1, const SortArrays& sorted,
+                                               float (&acc)[Cfg::kRows][Cfg::kVec]) {
+  for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
+    if (k0 != e0) __syncthreads();  // every warp is done with the previous chunk
+    const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
+    sort_chunk<T, Cfg, kTranspose>(p, k0, count, sorted);
+    if (kAwaitTile) cp_async_wait_all();
+    __syncthreads();
+    multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
+  }
+}
+
 // The end of an n-tile: the float32 tile goes through shared memory (`red`, the staged tile's
 // memory, free once every warp is past the barrier), where the blocks of a cluster add their
 // partial tiles in rank order and every block writes its share of the rows with accesses
@@ -401,13 +417,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) walk_tiles_kernel(const SpmmPar
     if (sorted_once) {
       multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
     } else {
-      for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
-        if (k0 != e0) __syncthreads();
-        const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
-        sort_chunk<T, Cfg, kTranspose>(p, k0, count, sorted);
-        __syncthreads();
-        multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
-      }
+      multiply_block<T, Cfg, kTranspose, kBatchLeading, false>(p, tile, e0, e1, sorted, acc);
     }
     write_tile<T, Cfg, kBatchLeading>(p, reinterpret_cast<float*>(tile), acc, line,
                                       t * Cfg::kTileN);
@@ -452,20 +462,12 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
     float acc[Cfg::kRows][Cfg::kVec] = {};
 
     for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
-      const int64_t b = kTranspose ? pos * p.block_cols + line : line * p.block_cols + pos;
       int64_t e0, e1;
-      block_range(p.block_ptr, b, p.nnz, &e0, &e1);
+      block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
       if (e0 >= e1) continue;
       __syncthreads();  // the previous block's compute is done with the tile and the sorted arrays
       stage_tile<T, Cfg, kBatchLeading>(p, tile, pos * kBeta, n0);
-      for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
-        if (k0 != e0) __syncthreads();
-        const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
-        sort_chunk<T, Cfg, kTranspose>(p, k0, count, sorted);
-        cp_async_wait_all();
-        __syncthreads();
-        multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
-      }
+      multiply_block<T, Cfg, kTranspose, kBatchLeading, true>(p, tile, e0, e1, sorted, acc);
     }
     write_tile<T, Cfg, kBatchLeading>(p, red, acc, line, n0);
   }

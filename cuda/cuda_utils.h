@@ -332,11 +332,15 @@ __device__ __forceinline__ LinePart line_part(const LineParams& p) {
   return {blockIdx.x / csize, rank * p.line_length / csize, (rank + 1) * p.line_length / csize};
 }
 
-// The index of the block at position `pos` of a line: along a block-row of S, or down a
-// block-column when the product is transposed.
+// The index of the block at position `pos` of a line of a matrix with `block_cols` block
+// columns: along a block-row of S, or down a block-column when the product is transposed.
+__device__ __forceinline__ int64_t line_block(int64_t block_cols, int64_t line, int64_t pos,
+                                              bool transpose) {
+  return transpose ? pos * block_cols + line : line * block_cols + pos;
+}
 __device__ __forceinline__ int64_t line_block(const LineParams& p, int64_t line, int64_t pos,
                                               bool transpose) {
-  return transpose ? pos * p.block_cols + line : line * p.block_cols + pos;
+  return line_block(p.block_cols, line, pos, transpose);
 }
 
 // Asks L2 for the nonzeros (local indices and values) of a warp's blocks, those at positions
