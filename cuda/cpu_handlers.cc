@@ -72,10 +72,10 @@ ffi::Future sddmm_typed(ffi::ThreadPool& pool, const SddmmProblem& p, ffi::AnyBu
 }
 
 ffi::Future Spmm(ffi::ThreadPool pool, ffi::AnyBuffer block_ptr, ffi::AnyBuffer local,
-                 ffi::AnyBuffer values, ffi::AnyBuffer units, ffi::AnyBuffer dense,
-                 ffi::Result<ffi::AnyBuffer> out, int64_t rows, int64_t cols, int64_t block_size,
-                 bool transpose, bool batch_leading) {
-  auto problem = check_spmm(block_ptr, local, values, units, dense, *out, rows, cols, block_size,
+                 ffi::AnyBuffer values, ffi::AnyBuffer dense, ffi::Result<ffi::AnyBuffer> out,
+                 int64_t rows, int64_t cols, int64_t block_size, bool transpose,
+                 bool batch_leading) {
+  auto problem = check_spmm(block_ptr, local, values, dense, *out, rows, cols, block_size,
                             transpose, batch_leading);
   if (problem.has_error()) return ready(problem.error());
   const SpmmProblem& p = problem.value();

@@ -1,6 +1,6 @@
 // XLA FFI handlers of the CPU kernels, registered for platform "cpu".
 //
-//   jaxcsb_spmm(block_ptr s32[nblocks + 1], local u16[nnz], values T[nnz], units s32[nunits + 1],
+//   jaxcsb_spmm(block_ptr s32[nblocks + 1], local u16[nnz], values T[nnz],
 //               dense T[in_dim, n] or T[n, in_dim]) -> T[out_dim, n] or T[n, out_dim]
 //     attributes: rows, cols, block_size (of the stored matrix), transpose, batch_leading
 //   jaxcsb_sddmm(block_ptr, local, lhs T[rows, n] or T[n, rows], rhs T[n, cols] or T[cols, n])

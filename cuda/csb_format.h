@@ -8,13 +8,8 @@
 // Inside a block the nonzeros are sorted by (row, col). Block-row I is blocks I * block_cols + J
 // (contiguous); block-column J is blocks J, J + block_cols, ... (strided). Both product
 // directions walk the same arrays: the forward product reads a block-row, the transposed
-// product a block-column, with the roles of the local row and column swapped.
-//
-// Work units (int32, nunits + 1 boundaries) split each "line" (block-row for the forward
-// product, block-column for the transposed one) into pieces of similar nonzero count. Unit k
-// covers positions units[k] .. units[k + 1] of the line-major block order of its direction;
-// a unit never crosses a line and every line has at least one unit. The handlers check them
-// with the other arrays, but no kernel reads them: the kernels split work from block_ptr.
+// product a block-column, with the roles of the local row and column swapped. The kernels
+// split their work from block_ptr.
 #pragma once
 
 #include <cstdint>

@@ -31,10 +31,10 @@ ffi::Error cuda_error(const char* what, cudaError_t err) {
 }
 
 ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer local,
-                ffi::AnyBuffer values, ffi::AnyBuffer units, ffi::AnyBuffer dense,
-                ffi::Result<ffi::AnyBuffer> out, int64_t rows, int64_t cols, int64_t block_size,
-                bool transpose, bool batch_leading) {
-  auto problem = check_spmm(block_ptr, local, values, units, dense, *out, rows, cols, block_size,
+                ffi::AnyBuffer values, ffi::AnyBuffer dense, ffi::Result<ffi::AnyBuffer> out,
+                int64_t rows, int64_t cols, int64_t block_size, bool transpose,
+                bool batch_leading) {
+  auto problem = check_spmm(block_ptr, local, values, dense, *out, rows, cols, block_size,
                             transpose, batch_leading);
   if (problem.has_error()) return problem.error();
   const SpmmProblem& p = problem.value();
@@ -43,8 +43,6 @@ ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer lo
   if (cudaError_t err = device_info(stream, &dev); err != cudaSuccess) {
     return cuda_error("reading the device properties", err);
   }
-  // The work units are checked with the other arrays, but no kernel reads them any more: a
-  // cluster of thread blocks here cuts its line from block_ptr (as the CPU kernels split).
   SpmmArgs args;
   args.shape = p.shape;
   args.n = p.n;

@@ -18,7 +18,6 @@ auto spmm_binding() {
       .template Arg<ffi::AnyBuffer>()  // block_ptr
       .template Arg<ffi::AnyBuffer>()  // local
       .template Arg<ffi::AnyBuffer>()  // values
-      .template Arg<ffi::AnyBuffer>()  // units
       .template Arg<ffi::AnyBuffer>()  // dense
       .template Ret<ffi::AnyBuffer>()  // out
       .template Attr<int64_t>("rows")

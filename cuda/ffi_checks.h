@@ -26,7 +26,6 @@ struct SpmmProblem {
   CsbShape shape;
   int64_t n = 0;  // columns of D (or rows, when batch_leading)
   int64_t nnz = 0;
-  int64_t num_units = 0;
   bool batch_leading = false;
   ValueType type = ValueType::kF32;
 };
@@ -170,9 +169,9 @@ inline ffi::Error check_structure(const CsbShape& shape, ffi::AnyBuffer block_pt
 }  // namespace detail
 
 inline ffi::ErrorOr<SpmmProblem> check_spmm(ffi::AnyBuffer block_ptr, ffi::AnyBuffer local,
-                                            ffi::AnyBuffer values, ffi::AnyBuffer units,
-                                            ffi::AnyBuffer dense, ffi::AnyBuffer out, int64_t rows,
-                                            int64_t cols, int64_t block_size, bool transpose,
+                                            ffi::AnyBuffer values, ffi::AnyBuffer dense,
+                                            ffi::AnyBuffer out, int64_t rows, int64_t cols,
+                                            int64_t block_size, bool transpose,
                                             bool batch_leading) {
   using namespace detail;
   SpmmProblem p;
@@ -186,13 +185,6 @@ inline ffi::ErrorOr<SpmmProblem> check_spmm(ffi::AnyBuffer block_ptr, ffi::AnyBu
   if (type.has_error()) return Fail(type.error());
   p.type = type.value();
   if (auto e = check_structure(p.shape, block_ptr, local, p.nnz); e.failure()) return Fail(e);
-  if (auto e = check_type("units", units, ffi::DataType::S32, "int32"); e.failure()) return Fail(e);
-  if (units.dimensions().size() != 1 || units.dimensions()[0] < p.shape.num_lines() + 1) {
-    return Fail(invalid("units has shape " + dims_string(units.dimensions()) +
-                        ", expected at least " + std::to_string(p.shape.num_lines() + 1) +
-                        " entries (one unit per line)"));
-  }
-  p.num_units = units.dimensions()[0] - 1;
   if (dense.element_type() != values.element_type()) {
     return Fail(invalid("dense operand and values have different element types (" +
                         type_name(dense.element_type()) + " and " +

@@ -2,9 +2,9 @@
 Blocks, with constructors and conversions.
 
 Leaves: ``values`` (the only differentiable array, length nnz), ``block_ptr`` (int32, one entry
-per block + 1), ``local`` (uint16 position inside the block, row << 8 | col) and the two
-precomputed work-unit arrays (see ``_schedule``). Static metadata: the stored shape, the block
-size and whether this object is the transposed view of the stored matrix.
+per block + 1) and ``local`` (uint16 position inside the block, row << 8 | col). Static
+metadata: the stored shape, the block size and whether this object is the transposed view of
+the stored matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import numpy as np
 
 from . import _build, _validate
 from ._dtypes import check_value_dtype
-from ._schedule import build_units
 
 
 # Jitted so that eager calls compile once per shape instead of once per jnp operation.
@@ -91,8 +90,6 @@ class CSB:
         values,
         block_ptr,
         local,
-        row_units,
-        col_units,
         *,
         stored_shape: tuple[int, int],
         block_size: int,
@@ -101,15 +98,13 @@ class CSB:
         self.values = values
         self.block_ptr = block_ptr
         self.local = local
-        self.row_units = row_units
-        self.col_units = col_units
         self.stored_shape = (int(stored_shape[0]), int(stored_shape[1]))
         self.block_size = int(block_size)
         self.transposed = bool(transposed)
 
     # pytree protocol --------------------------------------------------------------------------
     def tree_flatten(self):
-        children = (self.values, self.block_ptr, self.local, self.row_units, self.col_units)
+        children = (self.values, self.block_ptr, self.local)
         return children, (self.stored_shape, self.block_size, self.transposed)
 
     @classmethod
@@ -156,10 +151,10 @@ class CSB:
         first inconsistent array.
 
         Shapes and dtypes are always checked; the contents (``block_ptr`` rises from 0 to nnz,
-        every local index lies inside its block, clipped at the matrix edge; the work units
-        start every line) when the arrays are concrete, in O(nnz + blocks) on the host. Only
-        arrays built or edited by hand can fail: the constructors build consistent ones.
-        Products run the same checks (the contents once per set of jax arrays).
+        every local index lies inside its block, clipped at the matrix edge) when the arrays
+        are concrete, in O(nnz + blocks) on the host. Only arrays built or edited by hand can
+        fail: the constructors build consistent ones. Products run the same checks (the
+        contents once per set of jax arrays).
         """
         _validate.check(self)
         return self
@@ -183,7 +178,7 @@ class CSB:
         """Global (row, col) of every nonzero in this matrix's (logical) orientation, as int32
         arrays in storage order. Computed on the host when the index arrays are concrete
         (which also checks them, see :meth:`validate`)."""
-        _validate.check(self, units=False)
+        _validate.check(self)
         args = (self.block_ptr, self.local, self.stored_shape, self.block_size)
         try:
             row, col = jax.device_put(host_coordinates(*args))
@@ -226,10 +221,9 @@ class CSB:
             row, col, values, shape, block_size, dtype
         )
         rows, cols = _build.check_shape(shape)
-        row_units, col_units = build_units(block_ptr, -(-rows // beta), -(-cols // beta), beta)
         # device_put copies without compiling anything (jnp.asarray compiles per shape).
         return cls(
-            *jax.device_put((values, block_ptr, local, row_units, col_units)),
+            *jax.device_put((values, block_ptr, local)),
             stored_shape=(rows, cols),
             block_size=beta,
         )

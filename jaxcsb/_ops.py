@@ -78,7 +78,7 @@ def _dispatch(impl, reference, native):
     return jax.lax.platform_dependent(default=reference, **branches)
 
 
-def _spmm_forward(p: Spmm, values, dense, block_ptr, local, units):
+def _spmm_forward(p: Spmm, values, dense, block_ptr, local):
     n = dense.shape[0] if p.batch_leading else dense.shape[1]
     out_shape = p.out_shape(n)
     if values.shape[0] == 0 or dense.size == 0 or math.prod(out_shape) == 0:
@@ -95,7 +95,6 @@ def _spmm_forward(p: Spmm, values, dense, block_ptr, local, units):
             block_ptr,
             local,
             values,
-            units,
             dense,
             rows=np.int64(p.stored_shape[0]),
             cols=np.int64(p.stored_shape[1]),
@@ -145,26 +144,25 @@ def _sddmm_forward(p: Sddmm, lhs, rhs, block_ptr, local):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _spmm(p: Spmm, values, dense, block_ptr, local, row_units, col_units):
-    units = col_units if p.transpose else row_units
-    return _spmm_forward(p, values, dense, block_ptr, local, units)
+def _spmm(p: Spmm, values, dense, block_ptr, local):
+    return _spmm_forward(p, values, dense, block_ptr, local)
 
 
-def _spmm_fwd(p, values, dense, block_ptr, local, row_units, col_units):
-    out = _spmm(p, values, dense, block_ptr, local, row_units, col_units)
-    return out, (values, dense, block_ptr, local, row_units, col_units)
+def _spmm_fwd(p, values, dense, block_ptr, local):
+    out = _spmm(p, values, dense, block_ptr, local)
+    return out, (values, dense, block_ptr, local)
 
 
 def _spmm_bwd(p: Spmm, residuals, g):
-    values, dense, block_ptr, local, row_units, col_units = residuals
+    values, dense, block_ptr, local = residuals
     g = g.astype(values.dtype)
-    d_dense = _spmm(p.flipped(), values, g, block_ptr, local, row_units, col_units)
+    d_dense = _spmm(p.flipped(), values, g, block_ptr, local)
     # dS[i, j] = sum_n L[i, n] R[n, j]: which of g and D plays L depends on the direction,
     # and the layout says whether each is stored with n leading.
     lhs, rhs = (dense, g) if p.transpose else (g, dense)
     q = Sddmm(p.stored_shape, p.block_size, p.batch_leading, not p.batch_leading, p.impl)
-    d_values = _sddmm(q, lhs, rhs, block_ptr, local, row_units, col_units)
-    return _sum_to(d_values, values), _sum_to(d_dense, dense), None, None, None, None
+    d_values = _sddmm(q, lhs, rhs, block_ptr, local)
+    return _sum_to(d_values, values), _sum_to(d_dense, dense), None, None
 
 
 _spmm.defvjp(_spmm_fwd, _spmm_bwd)
@@ -174,13 +172,13 @@ _spmm.defvjp(_spmm_fwd, _spmm_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sddmm(q: Sddmm, lhs, rhs, block_ptr, local, row_units, col_units):
+def _sddmm(q: Sddmm, lhs, rhs, block_ptr, local):
     return _sddmm_forward(q, lhs, rhs, block_ptr, local)
 
 
-def _sddmm_fwd(q, lhs, rhs, block_ptr, local, row_units, col_units):
-    out = _sddmm(q, lhs, rhs, block_ptr, local, row_units, col_units)
-    return out, (lhs, rhs, block_ptr, local, row_units, col_units)
+def _sddmm_fwd(q, lhs, rhs, block_ptr, local):
+    out = _sddmm(q, lhs, rhs, block_ptr, local)
+    return out, (lhs, rhs, block_ptr, local)
 
 
 def _sddmm_bwd(q: Sddmm, residuals, g):
@@ -188,20 +186,20 @@ def _sddmm_bwd(q: Sddmm, residuals, g):
     # pattern, dL = G @ R^T and dR = L^T @ G: two SpMMs from the same structure. Each SpMM
     # reads its dense operand in the layout it has and the result is transposed (if needed)
     # to its operand's layout.
-    lhs, rhs, block_ptr, local, row_units, col_units = residuals
+    lhs, rhs, block_ptr, local = residuals
     g = g.astype(lhs.dtype)
-    units = (block_ptr, local, row_units, col_units)
+    structure = (block_ptr, local)
     # dL[i, n] = sum_j G[i, j] R[n, j]; R is (cols, n) when rhs_transposed, else (n, cols).
     p = Spmm(q.stored_shape, q.block_size, False, not q.rhs_transposed, q.impl)
-    d_lhs = _spmm(p, g, rhs, *units)
+    d_lhs = _spmm(p, g, rhs, *structure)
     if p.batch_leading != q.lhs_transposed:
         d_lhs = d_lhs.T
     # dR[n, j] = sum_i G[i, j] L[i, n]; L is (n, rows) when lhs_transposed, else (rows, n).
     p = Spmm(q.stored_shape, q.block_size, True, q.lhs_transposed, q.impl)
-    d_rhs = _spmm(p, g, lhs, *units)
+    d_rhs = _spmm(p, g, lhs, *structure)
     if p.batch_leading == q.rhs_transposed:
         d_rhs = d_rhs.T
-    return _sum_to(d_lhs, lhs), _sum_to(d_rhs, rhs), None, None, None, None
+    return _sum_to(d_lhs, lhs), _sum_to(d_rhs, rhs), None, None
 
 
 _sddmm.defvjp(_sddmm_fwd, _sddmm_bwd)
@@ -263,10 +261,7 @@ def _check_devices(**operands):
 
 
 def _csb_leaves(A: CSB, name):
-    return {
-        f"{name}.{leaf}": getattr(A, leaf)
-        for leaf in ("values", "block_ptr", "local", "row_units", "col_units")
-    }
+    return {f"{name}.{leaf}": getattr(A, leaf) for leaf in ("values", "block_ptr", "local")}
 
 
 def _check_same_dtype(a: CSB, x, name):
@@ -335,7 +330,7 @@ def csb_matmul(a, b, *, impl: str = "auto"):
         batch_leading=not sparse_left,
         impl=impl,
     )
-    out = _spmm(p, A.values, dense, A.block_ptr, A.local, A.row_units, A.col_units)
+    out = _spmm(p, A.values, dense, A.block_ptr, A.local)
     if not sparse_left:
         out = out.reshape(*x.shape[:-1], k)
     return out
@@ -371,7 +366,5 @@ def sddmm(a, b, pattern: CSB, *, impl: str = "auto") -> CSB:
     else:
         lhs, rhs, lhs_t, rhs_t = a, b, False, False
     q = Sddmm(pattern.stored_shape, pattern.block_size, lhs_t, rhs_t, impl)
-    values = _sddmm(
-        q, lhs, rhs, pattern.block_ptr, pattern.local, pattern.row_units, pattern.col_units
-    )
+    values = _sddmm(q, lhs, rhs, pattern.block_ptr, pattern.local)
     return pattern.with_values(values)

@@ -3,9 +3,9 @@ by hand (jaxcsb's constructors always produce consistent arrays).
 
 * Static checks (dtypes and lengths) read only shapes: they run on every product, traced or not.
 * Content checks read the arrays on the host in O(nnz + blocks): ``block_ptr`` rises from 0 to
-  nnz, every local index lies inside its (possibly clipped) block, the work units start every
-  line. They run when the arrays are concrete (eager calls, matrices closed over by ``jit``);
-  a traced matrix is checked by the CPU handler at run time, the CUDA handlers trust it.
+  nnz, every local index lies inside its (possibly clipped) block. They run when the arrays
+  are concrete (eager calls, matrices closed over by ``jit``); a traced matrix is checked by
+  the CPU handler at run time, the CUDA handlers trust it.
 
 jax arrays are immutable, so a matrix whose index arrays were checked once is remembered (by
 the identity of those arrays) and an eager loop pays for the content checks once.
@@ -34,7 +34,7 @@ def grid(stored_shape, block_size):
     return -(-rows // block_size), -(-cols // block_size)
 
 
-def _check_array(name, x, dtype, length=None, at_least=False):
+def _check_array(name, x, dtype, length):
     if x is None:
         _fail(f"{name} is None (a matrix needs it for its products)")
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -43,24 +43,18 @@ def _check_array(name, x, dtype, length=None, at_least=False):
         _fail(f"{name} must have dtype {np.dtype(dtype).name}, got {np.dtype(x.dtype).name}")
     if len(x.shape) != 1:
         _fail(f"{name} must be 1-D, got shape {tuple(x.shape)}")
-    if length is None:
-        return
-    if (x.shape[0] < length) if at_least else (x.shape[0] != length):
-        want = f"at least {length}" if at_least else f"{length}"
-        _fail(f"{name} must have {want} entries, got {x.shape[0]} ({_MEANING[name]})")
+    if x.shape[0] != length:
+        _fail(f"{name} must have {length} entries, got {x.shape[0]} ({_MEANING[name]})")
 
 
 _MEANING = {
     "block_ptr": "the number of blocks + 1",
     "local": "one per nonzero: the length of values",
-    "row_units": "a unit per block-row at least, + 1",
-    "col_units": "a unit per block-column at least, + 1",
 }
 
 
-def check_static(a, units: bool = True) -> None:
-    """Dtypes and lengths of a CSB matrix's arrays (the work units only when ``units``);
-    ValueError naming the array."""
+def check_static(a) -> None:
+    """Dtypes and lengths of a CSB matrix's arrays; ValueError naming the array."""
     block_rows, block_cols = grid(a.stored_shape, a.block_size)
     values = a.values
     if not hasattr(values, "shape") or len(values.shape) < 1:
@@ -69,35 +63,10 @@ def check_static(a, units: bool = True) -> None:
     nnz = values.shape[-1]
     _check_array("block_ptr", a.block_ptr, np.int32, block_rows * block_cols + 1)
     _check_array("local", a.local, np.uint16, nnz)
-    if not units:
-        return
-    _check_array("row_units", a.row_units, np.int32, block_rows + 1, at_least=True)
-    _check_array("col_units", a.col_units, np.int32, block_cols + 1, at_least=True)
 
 
-def _check_units(name, units, lines, length):
-    units = units.astype(np.int64)
-    end = lines * length
-    if units[0] != 0 or units[-1] != end:
-        _fail(
-            f"{name} must run from 0 to the number of blocks {end}, got {units[0]} .. {units[-1]}"
-        )
-    drops = np.flatnonzero(np.diff(units) < 0)
-    if drops.size:
-        i = int(drops[0])
-        _fail(f"{name} must not decrease, got {name}[{i}] = {units[i]} > {units[i + 1]}")
-    boundary = np.zeros(end + 1, bool)
-    boundary[units] = True  # units lie in 0..end by now
-    starts = np.arange(lines, dtype=np.int64) * length
-    missing = ~boundary[starts]
-    if missing.any():
-        line = int(np.flatnonzero(missing)[0])
-        _fail(f"{name} must start a unit at every line start; line {line} (block {starts[line]})")
-
-
-def check_contents(block_ptr, local, stored_shape, block_size, row_units=None, col_units=None):
-    """The contents of concrete index arrays (numpy or jax), after ``check_static``; the work
-    units only when given."""
+def check_contents(block_ptr, local, stored_shape, block_size):
+    """The contents of concrete index arrays (numpy or jax), after ``check_static``."""
     bp = np.asarray(block_ptr).astype(np.int64)
     local = np.asarray(local)
     nnz = local.shape[0]
@@ -131,10 +100,6 @@ def check_contents(block_ptr, local, stored_shape, block_size, row_units=None, c
                 f"col), outside its block {block[e]} of {height[e]} x {width[e]} entries "
                 f"(block_size {beta}, clipped at the matrix edge)"
             )
-    if row_units is not None:
-        _check_units("row_units", np.asarray(row_units), block_rows, block_cols)
-    if col_units is not None:
-        _check_units("col_units", np.asarray(col_units), block_cols, block_rows)
 
 
 def is_concrete(*arrays) -> bool:
@@ -171,15 +136,14 @@ class _Checked:
 _checked = _Checked()
 
 
-def check(a, *, contents: bool = True, units: bool = True) -> None:
-    """Static checks always; content checks when ``contents`` and the arrays are concrete.
-    ``units=False`` leaves the work units out (conversions do not read them)."""
-    check_static(a, units)
-    arrays = (a.block_ptr, a.local, *((a.row_units, a.col_units) if units else ()))
+def check(a, *, contents: bool = True) -> None:
+    """Static checks always; content checks when ``contents`` and the arrays are concrete."""
+    check_static(a)
+    arrays = (a.block_ptr, a.local)
     if not contents or not is_concrete(*arrays):
         return
     meta = (a.stored_shape, a.block_size)
     if (arrays, meta) in _checked:
         return
-    check_contents(a.block_ptr, a.local, a.stored_shape, a.block_size, *arrays[2:])
+    check_contents(a.block_ptr, a.local, a.stored_shape, a.block_size)
     _checked.add(arrays, meta)

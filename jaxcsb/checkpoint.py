@@ -1,6 +1,6 @@
 """Saving and loading models with sparse layers: exact round trips in one ``.npz`` file.
 
-Format (version 1): a numpy ``.npz`` archive (``numpy.load(path)`` reads it without jaxcsb)
+Format (version 2): a numpy ``.npz`` archive (``numpy.load(path)`` reads it without jaxcsb)
 holding
 
 * one array per variable, named by its path in the model joined with "/" (e.g.
@@ -36,9 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 
 FORMAT = "jaxcsb-checkpoint"
-VERSION = 1
+VERSION = 2
 META_KEY = "__jaxcsb__"
-_SPARSE_ARRAYS = ("values", "block_ptr", "local", "row_units", "col_units")
+_SPARSE_ARRAYS = ("values", "block_ptr", "local")
+# Version 1 also held two arrays of precomputed work units per sparse layer, which no kernel
+# read and the format has dropped; such files load with those arrays left out.
+_V1_UNITS = ("row_units", "col_units")
 
 __all__ = ["CheckpointMismatchError", "save", "load"]
 
@@ -91,13 +94,28 @@ def _read(path) -> tuple[dict, dict]:
                 f"{path} is not a jaxcsb checkpoint: it has no {META_KEY!r} entry"
             )
         meta = json.loads(bytes(f[META_KEY]).decode())
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        if meta.get("format") != FORMAT or meta.get("version") not in (1, VERSION):
             raise CheckpointMismatchError(
                 f"{path} has format {meta.get('format')!r} version {meta.get('version')!r}; "
-                f"this jaxcsb reads {FORMAT!r} version {VERSION}"
+                f"this jaxcsb reads {FORMAT!r} versions 1 and {VERSION}"
             )
+        if meta["version"] == 1:
+            meta["arrays"] = {
+                n: info for n, info in meta["arrays"].items() if not _is_v1_units(n, meta)
+            }
         arrays = {n: _decode(f[n], info["dtype"]) for n, info in meta["arrays"].items()}
     return meta, arrays
+
+
+def _is_v1_units(name, meta) -> bool:
+    """Whether ``name`` is a work-unit array of a sparse layer in a version-1 file: of a
+    SparseLinear (nnx), or in the ``csb_structure`` collection of a SparseDense (pytree)."""
+    layer, _, leaf = name.rpartition("/")
+    if leaf not in _V1_UNITS:
+        return False
+    if meta.get("kind") == "nnx":
+        return layer in meta.get("sparse_layers", {})
+    return "csb_structure" in layer.split("/")
 
 
 # --- Flax NNX ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ default_kernel_init = nn.initializers.lecun_normal()
 __all__ = ["SparseDense", "STRUCTURE"]
 
 STRUCTURE = "csb_structure"
-_STRUCTURE_NAMES = ("block_ptr", "local", "row_units", "col_units")
+_STRUCTURE_NAMES = ("block_ptr", "local")
 
 
 class SparseDense(nn.Module):
@@ -51,7 +51,7 @@ class SparseDense(nn.Module):
     variance matches the dense layer's (``rescale_init=False`` keeps Flax's values).
 
     Variables: ``params/values`` (nnz,), ``params/bias`` (features,) and, in the
-    ``"csb_structure"`` collection, ``block_ptr``, ``local``, ``row_units``, ``col_units``.
+    ``"csb_structure"`` collection, ``block_ptr`` and ``local``.
 
     >>> import jax, jax.numpy as jnp
     >>> from jaxcsb.linen import SparseDense

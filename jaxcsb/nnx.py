@@ -27,8 +27,8 @@ __all__ = ["SparseLinear", "SparseStructure"]
 
 
 class SparseStructure(nnx.Variable):
-    """The index arrays of a sparse kernel (``block_ptr``, ``local``, ``row_units``,
-    ``col_units``): part of the model's state, saved with it, never trained.
+    """The index arrays of a sparse kernel (``block_ptr``, ``local``): part of the model's
+    state, saved with it, never trained.
 
     Filter on it like on any variable type, e.g. ``nnx.state(model, SparseStructure)``.
     """
@@ -150,8 +150,6 @@ class SparseLinear(nnx.Module):
             self.values[...],
             self.block_ptr[...],
             self.local[...],
-            self.row_units[...],
-            self.col_units[...],
             stored_shape=(self.in_features, self.out_features),
             block_size=self.block_size,
         )
@@ -175,8 +173,6 @@ class SparseLinear(nnx.Module):
         arrays = {
             "block_ptr": kernel.block_ptr,
             "local": kernel.local,
-            "row_units": kernel.row_units,
-            "col_units": kernel.col_units,
         }
         if hasattr(self, "values"):
             self.values.set_value(jnp.asarray(kernel.values))

@@ -212,12 +212,6 @@ def _spmm_with(change=None, out=None):
 
 
 SPMM_CASES = {
-    # uint32, not int64: without jax_enable_x64, int64 arrays become int32 on the way in.
-    "units_uint32": (
-        lambda a, t: a.update(units=a["units"].astype(np.uint32)),
-        None,
-        r"units has element type uint32, expected int32",
-    ),
     "values_rank_2": (
         lambda a, t: a.update(values=a["values"][None]),
         None,

@@ -3,7 +3,7 @@ product and the conversions raise ValueError naming the array (and, where it hel
 expected and the actual value), before anything reaches native code.
 
 Lengths and dtypes are checked on every call, traced or not; contents (block_ptr, local
-indices, work units) when the arrays are concrete. Under jit with the matrix as an argument
+indices) when the arrays are concrete. Under jit with the matrix as an argument
 the contents are checked by the CPU handler (test_native.py calls it directly).
 """
 
@@ -24,7 +24,6 @@ from helpers import (
 )
 
 import jaxcsb
-from jaxcsb._schedule import build_units
 
 F32 = np.dtype(np.float32)
 # SHAPE = (37, 53) with block size 16: a 3 x 4 grid of blocks, 12 in all. The last block-row
@@ -45,7 +44,7 @@ def A():
 
 def arrays(A):
     """The matrix's arrays as numpy copies, by leaf name."""
-    names = ("values", "block_ptr", "local", "row_units", "col_units")
+    names = ("values", "block_ptr", "local")
     return {n: np.array(getattr(A, n)) for n in names}
 
 
@@ -89,6 +88,10 @@ CASES = {
         lambda a: {"block_ptr": a["block_ptr"].astype(np.int64)},
         r"block_ptr must have dtype int32, got int64",
     ),
+    "block_ptr_2d": (
+        lambda a: {"block_ptr": a["block_ptr"][None]},
+        rf"block_ptr must be 1-D, got shape \(1, {NB + 1}\)",
+    ),
     "local_shorter_than_values": (
         lambda a: {"local": a["local"][:-1]},
         r"local must have (\d+) entries, got \d+ \(one per nonzero: the length of values\)",
@@ -115,37 +118,11 @@ CASES = {
         r"local\[\d+\] = 1792 is position \(7, 0\) .* outside its block 8 of 5 x 16 entries "
         r".*clipped at the matrix edge",
     ),
-    "row_units_too_short": (
-        lambda a: {"row_units": a["row_units"][:2]},
-        r"row_units must have at least 4 entries, got 2 \(a unit per block-row at least, \+ 1\)",
-    ),
-    "col_units_int64": (
-        lambda a: {"col_units": a["col_units"].astype(np.int64)},
-        r"col_units must have dtype int32, got int64",
-    ),
-    "row_units_2d": (
-        lambda a: {"row_units": a["row_units"][None]},
-        r"row_units must be 1-D, got shape \(1, \d+\)",
-    ),
-    "row_units_not_ending_at_the_block_count": (
-        lambda a: {"row_units": _set(a["row_units"], -1, NB - 1)},
-        rf"row_units must run from 0 to the number of blocks {NB}, got 0 \.\. {NB - 1}",
-    ),
-    "col_units_decreasing": (
-        lambda a: {"col_units": np.array([0, 6, 3, 6, 9, 12], np.int32)},
-        r"col_units must not decrease, got col_units\[1\] = 6 > 3",
-    ),
-    "row_units_missing_a_line_start": (
-        # Block-rows start at blocks 0, 4 and 8: a unit from 2 to 6 crosses a line.
-        lambda a: {"row_units": np.array([0, 2, 6, 8, 12], np.int32)},
-        r"row_units must start a unit at every line start; line 1 \(block 4\)",
-    ),
-    "row_units_missing": (
-        lambda a: {"row_units": None},
-        r"row_units is None",
+    "local_missing": (
+        lambda a: {"local": None},
+        r"local is None",
     ),
 }
-UNIT_CASES = {c for c in CASES if "units" in c}
 
 
 def _entry_points(A, x_right, x_left):
@@ -164,13 +141,7 @@ def _entry_points(A, x_right, x_left):
 ENTRY_POINTS = ["validate", "A @ b", "A.T @ b", "x @ A", "sddmm", "todense", "to_scipy_sparse"]
 
 
-# The conversions read block_ptr and local only, not the work units.
-PAIRS = [
-    (case, entry)
-    for case in CASES
-    for entry in ENTRY_POINTS
-    if not (case in UNIT_CASES and entry in ("todense", "to_scipy_sparse"))
-]
+PAIRS = [(case, entry) for case in CASES for entry in ENTRY_POINTS]
 
 
 @pytest.mark.parametrize("case, entry", PAIRS)
@@ -254,8 +225,7 @@ def test_repeated_positions_are_summed_by_the_products(A, layout):
     local = np.insert(local, e, [local[e], local[e]])
     values = np.insert(values, e, np.array([0.5, -2.0], F32))
     bp = bp + np.where(np.arange(bp.size) > 5, 2, 0).astype(np.int32)
-    units = build_units(bp, 3, 4, 16)
-    B = jaxcsb.CSB(values, bp, local, *units, stored_shape=A.stored_shape, block_size=16).validate()
+    B = jaxcsb.CSB(values, bp, local, stored_shape=A.stored_shape, block_size=16).validate()
     w = np.asarray(A.todense()).astype(np.float64)
     r, c = host_coordinates(B)
     w[r[e], c[e]] += 0.5 - 2.0

@@ -75,7 +75,7 @@ def test_file_is_plain_npz_with_documented_metadata(tmp_path):
     checkpoint.save(tmp_path / "m.npz", model)
     with np.load(tmp_path / "m.npz") as f:
         meta = json.loads(bytes(f["__jaxcsb__"]).decode())
-        assert meta["format"] == "jaxcsb-checkpoint" and meta["version"] == 1
+        assert meta["format"] == "jaxcsb-checkpoint" and meta["version"] == 2
         assert meta["kind"] == "nnx"
         assert meta["sparse_layers"]["layers/0"] == {
             "in_features": 11,
@@ -167,3 +167,54 @@ def test_linen_variables_round_trip(tmp_path):
         match=r"'csb_structure/local' has shape \(25,\) in the file and \(31,\)",
     ):
         checkpoint.load(tmp_path / "v.npz", wrong)
+
+
+def _as_version_1(path, unit_layers):
+    """Rewrites a checkpoint the way version 1 wrote it: with two arrays of work units for
+    every sparse layer (prefix) in ``unit_layers``."""
+    with np.load(path) as f:
+        entries = {n: f[n] for n in f.files}
+    meta = json.loads(bytes(entries.pop("__jaxcsb__")).decode())
+    meta["version"] = 1
+    for layer in unit_layers:
+        for leaf in ("row_units", "col_units"):
+            name = f"{layer}/{leaf}"
+            entries[name] = np.array([0, 3, 5], np.int32)
+            meta["arrays"][name] = {**meta["arrays"][f"{layer}/block_ptr"], "shape": [3]}
+    entries["__jaxcsb__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **entries)
+
+
+def test_version_1_files_load_without_their_work_units(tmp_path):
+    model = sparse_net(0, half=True)
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, model)
+    _as_version_1(path, ["layers/0", "layers/1"])
+    other = checkpoint.load(path, sparse_net(1, sparsity=0.3, half=True))
+    x = jnp.asarray(random_dense((4, 11), np.float32, 5))
+    np.testing.assert_array_equal(np.asarray(other(x)), np.asarray(model(x)))
+
+    from jaxcsb.linen import SparseDense
+
+    layer = SparseDense(7, sparsity=0.6)
+    x = jnp.ones((2, 9))
+    variables = layer.init(jax.random.key(0), x)
+    checkpoint.save(tmp_path / "v.npz", variables)
+    _as_version_1(tmp_path / "v.npz", ["csb_structure"])
+    loaded = checkpoint.load(tmp_path / "v.npz", layer.init(jax.random.key(1), x))
+    np.testing.assert_array_equal(
+        np.asarray(layer.apply(loaded, x)), np.asarray(layer.apply(variables, x))
+    )
+
+
+def test_unknown_version_is_refused(tmp_path):
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, sparse_net(0))
+    with np.load(path) as f:
+        entries = {n: f[n] for n in f.files}
+    meta = json.loads(bytes(entries.pop("__jaxcsb__")).decode())
+    meta["version"] = 3
+    entries["__jaxcsb__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **entries)
+    with pytest.raises(CheckpointMismatchError, match=r"version 3; this jaxcsb reads .* 1 and 2"):
+        checkpoint.load(path, sparse_net(0))

@@ -1,5 +1,5 @@
-"""The stored layout: the invariants the kernels rely on, the memory budget, the default block
-size and the precomputed work units."""
+"""The stored layout: the invariants the kernels rely on, the memory budget and the default
+block size."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def test_layout_invariants(block_size):
         key = lr.astype(np.int64) * 256 + lc
         assert np.all(np.diff(key) > 0), f"block {b} not sorted by (row, col)"
         np.testing.assert_array_equal(values[bp[b] : bp[b + 1]], w[r0 + lr, c0 + lc])
-    # Memory: sizeof(value) + 2 bytes per nonzero, plus O(blocks) for block_ptr and units.
+    # Memory: sizeof(value) + 2 bytes per nonzero, plus 4 bytes per block for block_ptr.
     assert A.values.dtype.itemsize + A.local.dtype.itemsize == 4 + 2
-    assert A.row_units.size <= brows * bcols + 1 and A.col_units.size <= brows * bcols + 1
+    assert len(jax.tree_util.tree_leaves(A)) == 3 and bp.dtype == np.int32
 
 
 @pytest.mark.parametrize(
@@ -62,20 +62,3 @@ def test_default_block_size_is_capped_by_the_matrix_size():
     w = np.zeros((40, 40), np.float32)
     w[3, 7] = 1.0
     assert jaxcsb.CSB.fromdense(w).block_size == 64
-
-
-@pytest.mark.parametrize("block_size", [16, 64])
-def test_work_units_cover_every_line(block_size):
-    """Units are boundaries over the line-major block order of each direction: they start at
-    0, end at the number of blocks, rise strictly, and every line starts a unit (so kernels
-    that give one unit to one worker also cover and zero empty lines)."""
-    seed = seed_of("units", block_size)
-    shape = (400, 230)
-    mask = random_mask(shape, 0.05, seed, dense_rows=2, empty_rows=range(100, 200))
-    A = jaxcsb.CSB.fromdense(random_dense(shape, np.float32, seed), mask, block_size=block_size)
-    brows, bcols = -(-shape[0] // block_size), -(-shape[1] // block_size)
-    for units, lines, length in ((A.row_units, brows, bcols), (A.col_units, bcols, brows)):
-        u = np.asarray(units)
-        assert u.dtype == np.int32
-        assert u[0] == 0 and u[-1] == lines * length and np.all(np.diff(u) > 0)
-        assert set(range(0, lines * length, length)) <= set(u.tolist())

@@ -58,7 +58,6 @@ def _valid_spmm():
         block_ptr=np.asarray(A.block_ptr),
         local=np.asarray(A.local),
         values=np.asarray(A.values),
-        units=np.asarray(A.row_units),
         dense=x,
     )
     attrs = dict(rows=SHAPE[0], cols=SHAPE[1], block_size=16, transpose=False, batch_leading=False)
@@ -68,7 +67,7 @@ def _valid_spmm():
 def spmm_call(args, attrs, out):
     call = jax.ffi.ffi_call(_native.SPMM_TARGET, jax.ShapeDtypeStruct(*out))
     result = call(
-        *(jnp.asarray(args[k]) for k in ("block_ptr", "local", "values", "units", "dense")),
+        *(jnp.asarray(args[k]) for k in ("block_ptr", "local", "values", "dense")),
         rows=np.int64(attrs["rows"]),
         cols=np.int64(attrs["cols"]),
         block_size=np.int64(attrs["block_size"]),
@@ -120,10 +119,6 @@ SIZE_CASES = {
     "local_wrong_type": (
         lambda a, t: a.update(local=a["local"].astype(np.int32)),
         r"local has element type int32, expected uint16",
-    ),
-    "units_too_short": (
-        lambda a, t: a.update(units=a["units"][:2]),
-        r"units has shape \(2,\), expected at least 4 entries",
     ),
     "dense_wrong_rows": (
         lambda a, t: a.update(dense=a["dense"][:-1]),

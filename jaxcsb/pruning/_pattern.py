@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._build import csb_arrays_from_coo
-from .._schedule import build_units
 
 
 def host_coordinates(block_ptr, local, shape, block_size) -> tuple[np.ndarray, np.ndarray]:
@@ -21,20 +20,16 @@ def host_coordinates(block_ptr, local, shape, block_size) -> tuple[np.ndarray, n
 
 
 def host_pattern(mask: np.ndarray, block_size: int | None) -> dict:
-    """The CSB index arrays of ``mask`` (``block_ptr``, ``local``, ``row_units``,
-    ``col_units``), its ``block_size`` and the ``row`` and ``col`` of the stored entries."""
+    """The CSB index arrays of ``mask`` (``block_ptr``, ``local``), its ``block_size`` and the
+    ``row`` and ``col`` of the stored entries."""
     mask = np.asarray(mask, bool)
     row, col = np.nonzero(mask)
     zeros = np.zeros(row.shape, np.float32)
     _, block_ptr, local, beta = csb_arrays_from_coo(row, col, zeros, mask.shape, block_size)
-    block_rows, block_cols = -(-mask.shape[0] // beta), -(-mask.shape[1] // beta)
-    row_units, col_units = build_units(block_ptr, block_rows, block_cols, beta)
     row, col = host_coordinates(block_ptr, local, mask.shape, beta)
     return {
         "block_ptr": block_ptr,
         "local": local,
-        "row_units": row_units,
-        "col_units": col_units,
         "block_size": beta,
         "row": row,
         "col": col,

@@ -6,7 +6,6 @@ hands one shard to each device of a mesh axis):
 * ``values`` (num_shards, nnz_max): the trainable array, padded with zeros;
 * ``block_ptr`` (num_shards, blocks + 1), ``local`` (num_shards, nnz_max): each shard's
   structure, padding included;
-* ``row_units``, ``col_units``: each shard's work units, equal in number across shards;
 * ``pad`` (num_shards, 2) int32: the range ``[start, stop)`` of each shard's padding.
 
 Static metadata: the full logical ``shape``, the split ``axis`` (0: rows, 1: columns), the cut
@@ -52,8 +51,6 @@ class ShardedCSB:
         values,
         block_ptr,
         local,
-        row_units,
-        col_units,
         pad,
         *,
         shape: tuple[int, int],
@@ -67,8 +64,6 @@ class ShardedCSB:
         self.values = values
         self.block_ptr = block_ptr
         self.local = local
-        self.row_units = row_units
-        self.col_units = col_units
         self.pad = pad
         self.shape = (int(shape[0]), int(shape[1]))
         self.axis = int(axis)
@@ -80,14 +75,7 @@ class ShardedCSB:
 
     # pytree protocol --------------------------------------------------------------------------
     def tree_flatten(self):
-        children = (
-            self.values,
-            self.block_ptr,
-            self.local,
-            self.row_units,
-            self.col_units,
-            self.pad,
-        )
+        children = (self.values, self.block_ptr, self.local, self.pad)
         aux = (
             self.shape,
             self.axis,
@@ -115,7 +103,7 @@ class ShardedCSB:
 
     def _replace(self, **changes) -> ShardedCSB:
         children, aux = self.tree_flatten()
-        names = ("values", "block_ptr", "local", "row_units", "col_units", "pad")
+        names = ("values", "block_ptr", "local", "pad")
         fields = dict(zip(names, children, strict=True))
         meta = dict(
             zip(
@@ -245,7 +233,7 @@ class ShardedCSB:
             )
         return self.shard(0)
 
-    def _csb(self, values, block_ptr, local, row_units, col_units, pad) -> CSB:
+    def _csb(self, values, block_ptr, local, pad) -> CSB:
         if max(self.shard_nnz) != min(self.shard_nnz):
             # where, not a multiply: the padding's gradient is exactly zero even if the
             # kernel's cotangent there were not finite.
@@ -255,8 +243,6 @@ class ShardedCSB:
             values,
             block_ptr,
             local,
-            row_units,
-            col_units,
             stored_shape=self.stored_shape,
             block_size=self.block_size,
             transposed=self.transposed,

@@ -10,9 +10,7 @@ with a leading shard axis that ``shard_map`` can hand out one per device:
   searching from the last block). Such a position always exists: a shard that needs padding
   has fewer nonzeros than another shard of the same shape, so it is not full. The padding is
   part of the structure (``block_ptr`` counts it), so every kernel accepts it, and because it
-  never shares a position with a real nonzero no kernel can mix the two up;
-* the work units of each direction are computed from each shard's padded structure and the
-  shards with fewer units get their heaviest units split in two until all have as many.
+  never shares a position with a real nonzero no kernel can mix the two up.
 
 The shard records where its padding lies; :meth:`ShardedCSB.local` zeroes those values with
 ``jnp.where``, so their gradient is exactly zero and whatever an optimizer writes there never
@@ -28,7 +26,6 @@ import numpy as np
 
 from .._build import csb_arrays_from_coo
 from .._format import CSB
-from .._schedule import build_units
 from ._sharded import ShardedCSB
 
 DEFAULT_IMBALANCE_WARNING = 1.25
@@ -140,25 +137,6 @@ def _free_position(block_ptr, local, shape, beta):
     return None
 
 
-def _split_units(units: np.ndarray, position_nnz: np.ndarray, target: int) -> np.ndarray:
-    """Splits the heaviest units (by nonzeros, then by positions) at their nonzero midpoint
-    until there are ``target`` units. A split never makes an empty unit or crosses a line."""
-    units = units.astype(np.int64)
-    prefix = np.concatenate([[0], np.cumsum(position_nnz, dtype=np.int64)])
-    while units.shape[0] - 1 < target:
-        width = np.diff(units)
-        weight = prefix[units[1:]] - prefix[units[:-1]]
-        splittable = np.flatnonzero(width >= 2)
-        if splittable.shape[0] == 0:  # target never exceeds the positions (shared grid)
-            raise AssertionError(f"cannot split {units.shape[0] - 1} work units into {target}")
-        k = splittable[np.lexsort((width[splittable], weight[splittable]))[-1]]
-        a, b = units[k], units[k + 1]
-        half = prefix[a] + weight[k] // 2
-        cut = int(np.clip(np.searchsorted(prefix[a : b + 1], half) + a, a + 1, b - 1))
-        units = np.insert(units, k + 1, cut)
-    return units.astype(np.int32)
-
-
 def _shard_structure(row, col, values, shape, beta, nnz_target):
     """CSB arrays of one shard with its padding: (values, block_ptr, local, pad_range)."""
     nnz = row.shape[0]
@@ -190,12 +168,6 @@ def _shard_structure(row, col, values, shape, beta, nnz_target):
 def _structure_only(row, col, values, shape, beta):
     _, block_ptr, local, _ = csb_arrays_from_coo(row, col, values, shape, beta)
     return block_ptr, local
-
-
-def _position_nnz(block_ptr, shape, beta, transpose):
-    """Nonzeros per position of one direction's line-major block order."""
-    counts = np.diff(block_ptr).reshape(-(-shape[0] // beta), -(-shape[1] // beta))
-    return (counts.T if transpose else counts).reshape(-1)
 
 
 # --- the split -------------------------------------------------------------------------------
@@ -245,28 +217,10 @@ def _split(a, num_shards, axis, bounds, balance, warn_above) -> ShardedCSB:
     nnz_max = max(shard_nnz)
     arrays = [_shard_structure(*p, shard_shape, beta, nnz_max) for p in parts]
 
-    units = {}
-    for direction, transpose in (("row_units", False), ("col_units", True)):
-        built = [
-            build_units(bp, -(-shard_shape[0] // beta), -(-shard_shape[1] // beta), beta)[
-                int(transpose)
-            ]
-            for _, bp, _, _ in arrays
-        ]
-        target = max(u.shape[0] for u in built) - 1
-        units[direction] = np.stack(
-            [
-                _split_units(u, _position_nnz(bp, shard_shape, beta, transpose), target)
-                for u, (_, bp, _, _) in zip(built, arrays, strict=True)
-            ]
-        )
-
     sharded = ShardedCSB(
         np.stack([v for v, _, _, _ in arrays]),
         np.stack([bp for _, bp, _, _ in arrays]),
         np.stack([loc for _, _, loc, _ in arrays]),
-        units["row_units"],
-        units["col_units"],
         np.array([pad for _, _, _, pad in arrays], np.int32).reshape(num_shards, 2),
         shape=a.shape,
         axis=axis,
@@ -342,7 +296,7 @@ def unshard(sharded: ShardedCSB) -> CSB:
     """The unsplit matrix, with the values the shards hold now (host side).
 
     For a matrix built by jaxcsb's constructors, ``unshard(shard_rows(a, n))`` has exactly
-    ``a``'s arrays: the same values in the same order, the same structure and work units.
+    ``a``'s arrays: the same values in the same order and the same structure.
     """
     if not isinstance(sharded, ShardedCSB):
         raise ValueError(f"sharded must be a ShardedCSB, got {type(sharded).__name__}")
@@ -356,8 +310,6 @@ def unshard(sharded: ShardedCSB) -> CSB:
             values[s],
             np.asarray(sharded.block_ptr[s]),
             np.asarray(sharded.local[s]),
-            None,
-            None,
             stored_shape=sharded.stored_shape,
             block_size=beta,
         )

@@ -39,7 +39,7 @@ from ._split import (
 
 __all__ = ["ShardedSparseLinear", "data_parallel_value_and_grad"]
 
-_STRUCTURE = ("block_ptr", "local", "row_units", "col_units", "pad")
+_STRUCTURE = ("block_ptr", "local", "pad")
 
 
 def data_parallel_value_and_grad(loss_fn, *, mesh, batch_axis, wrt=nnx.Param):
