@@ -199,16 +199,17 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
                         const SpmmOptions& options) {
   LineParams p{};
   set_line_params(a, &p);
-  // At most one thread block per multiprocessor: the largest cluster (up to 8, at least two
-  // blocks a rank) with which the lines' thread blocks do not outnumber the multiprocessors.
-  // This walk measured up to 17% faster so than with the two to four thread blocks per
+  // Where clusters of two or more keep the lines' thread blocks within the multiprocessors, one
+  // thread block per multiprocessor: the largest such cluster (up to 8, at least two blocks a
+  // rank). This walk measured up to 22% faster so than with the two to four thread blocks per
   // multiprocessor that the narrow family's rule gives (bfloat16 4096^2 at 90%: 10.5 against
-  // 12.3 us; "n5" in docs/performance.md).
+  // 12.5 us; "n5" in docs/performance.md). With more lines the rule stays: one thread block a
+  // line without a cluster ran 19% slower on 11008 x 4096 in the harness (cold L2).
   SpmmOptions spmv_options = options;
   if (spmv_options.cluster <= 0 && dev.cluster_launch) {
     int c = 1;
     while (c < 8 && p.num_lines * c * 2 <= dev.num_sms && c * 2 * 2 <= p.line_length) c *= 2;
-    spmv_options.cluster = c;
+    if (c > 1) spmv_options.cluster = c;
   }
   // As the narrow kernel, but a warp per CSB block: a warp's walk is a chain of dependent loads,
   // so the more warps walk at once, the more of the memory's latency is hidden. Its shared
