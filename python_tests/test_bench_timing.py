@@ -77,7 +77,8 @@ def test_difference_lost_in_noise_doubles_instead_of_jumping_to_the_cap(clock):
     # difference is zero, which the old rule scaled from and sent to the cap.
     loop = _FakeLoop(clock, extra=[0.0, _products(1) * PRODUCT_S])
     outer, _ = loop.trip_count(1)
-    assert loop.product_outers() == [1, 2, 13]  # doubled, then scaled from a clean reading
+    # Doubled, then scaled from a clean reading, which is taken again before it is kept.
+    assert loop.product_outers() == [1, 2, 13, 13]
     assert 0.5 * TARGET_S <= _products(outer) * PRODUCT_S <= 2 * TARGET_S
 
 
@@ -86,9 +87,18 @@ def test_low_reading_grows_the_trip_count_at_most_eightfold(clock):
     # product takes 5 us: scaling from it alone would ask for 250 rounds, 20x the target.
     loop = _FakeLoop(clock, extra=[-0.95 * _products(1) * PRODUCT_S])
     outer, pair_s = loop.trip_count(1)
-    assert loop.product_outers() == [1, timing.GROWTH]
+    assert loop.product_outers() == [1, timing.GROWTH, timing.GROWTH]
     assert outer == timing.GROWTH and _products(outer) * PRODUCT_S >= 0.5 * TARGET_S
     assert pair_s == pytest.approx(2 * 50e-6 + _products(outer) * (2 * 4.6e-6 + PRODUCT_S))
+
+
+def test_stall_in_one_reading_does_not_stop_the_calibration(clock):
+    # The first call with the products stalls for 20 ms (the machine, not the product): read
+    # once, it looked long enough, and every repeat then timed 9 products.
+    loop = _FakeLoop(clock, extra=[0.02])
+    outer, _ = loop.trip_count(1)
+    assert loop.product_outers() == [1, 1, 8, 8]  # taken again, then scaled as usual
+    assert _products(outer) * PRODUCT_S >= 0.5 * TARGET_S
 
 
 def test_product_too_fast_for_the_target_stops_at_the_cap(clock):
@@ -133,7 +143,7 @@ def test_rounds_reuse_the_calibration(clock):
     # The estimate (2 calls at 0) gives a start of 8; the warm-up pair and the calibration
     # pairs run in the first round only, every repeat after them at the calibrated count.
     outers = loop.product_outers()
-    calibration = outers[2:4]
-    assert outers[:2] == [0, 0] and calibration == [8, 8]
-    assert set(outers[4:]) == {8} and len(outers[4:]) == rec["reps"]
+    calibration = outers[2:5]  # the warm-up pair, then a reading that is taken twice
+    assert outers[:2] == [0, 0] and calibration == [8, 8, 8]
+    assert set(outers[5:]) == {8} and len(outers[5:]) == rec["reps"]
     assert rec["inner"] == _products(8) and rec["ms"] == pytest.approx(PRODUCT_S * 1e3)
