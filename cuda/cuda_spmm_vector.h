@@ -199,12 +199,12 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
                         const SpmmOptions& options) {
   LineParams p{};
   set_line_params(a, &p);
-  // Where clusters of two or more keep the lines' thread blocks within the multiprocessors, one
-  // thread block per multiprocessor: the largest such cluster (up to 8, at least two blocks a
-  // rank). This walk measured up to 22% faster so than with the two to four thread blocks per
+  // Where a cluster of two or more keeps the lines' thread blocks within the multiprocessors,
+  // the largest such cluster (up to 8, at least two positions a rank): one thread block per
+  // multiprocessor. This walk ran up to 22% faster so than with the two to four per
   // multiprocessor that the narrow family's rule gives (bfloat16 4096^2 at 90%: 10.5 against
-  // 12.5 us; "n5" in docs/performance.md). With more lines the rule stays: one thread block a
-  // line without a cluster ran 19% slower on 11008 x 4096 in the harness (cold L2).
+  // 12.5 us; "n5d" in docs/performance.md). With more lines the rule stays: one thread block a
+  // line without a cluster ran 7% slower on 11008 x 4096 in the harness (cold L2).
   SpmmOptions spmv_options = options;
   if (spmv_options.cluster <= 0 && dev.cluster_launch) {
     int c = 1;
