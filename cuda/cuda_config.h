@@ -41,14 +41,16 @@ struct SpmmConfig {
 // region's rows of lhs and columns of rhs in shared memory as float32 rows of kTileN values. Its
 // nonzeros are cut into units of kPer consecutive stored nonzeros of one block, one unit per thread
 // per pass, each nonzero with its own float32 accumulator in a register.
-template <int kRegion_>
+template <int kRegion_, int kPer_ = 8>
 struct SddmmConfig {
   static constexpr int kRegion = kRegion_;
   // Two threads per staged line: each moves 16 values of each operand per tile.
   static constexpr int kThreads = 2 * kRegion;
   // 128 registers per thread (the whole register file at 512 threads per multiprocessor).
   static constexpr int kMinBlocks = 512 / kThreads;
-  static constexpr int kPer = 8;
+  // Nonzeros per unit: 8 share the loads of a row of L among more multiply-adds, 4 keep twice
+  // the threads busy in a sparse region (the kernel's speed follows its busy threads).
+  static constexpr int kPer = kPer_;
   // A staged row of 32 float32 values spans the 32 banks exactly, in 8 groups of 16 bytes;
   // the kernel's staggered walk over the groups relies on both numbers.
   static constexpr int kTileN = 32;
@@ -65,6 +67,7 @@ struct SddmmConfig {
 
   static_assert(kRegion == 64 || kRegion == 128 || kRegion == 256,
                 "regions of 64, 128 or 256 rows and columns");
+  static_assert(kPer == 4 || kPer == 8, "units of 4 or 8 nonzeros");
   static_assert(kGroups == 8 && (kRegion / 4) * kGroups == kThreads,
                 "the staging gives every thread four groups, or one 4 x 4 piece, per operand");
 };
