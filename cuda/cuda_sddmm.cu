@@ -324,31 +324,39 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
   return launch_lines(kernel, p, grid_regions, p.cluster, 1, Cfg::kThreads, smem, stream);
 }
 
+// Units of 4 nonzeros keep twice the threads of a sparse region busy (1.2-1.6x faster than
+// units of 8 in 64 x 64 regions at 90-95% sparsity), where they fit in one pass of the threads
+// with a tenth to spare; otherwise they would take two passes over n (1.2-1.4x slower at 80%).
+template <typename T, int kRegion>
+cudaError_t launch_region(const SddmmArgs& a, int64_t regions, const DeviceInfo& dev,
+                          cudaStream_t stream, const SddmmOptions& options) {
+  using Fine = SddmmConfig<kRegion, 4>;
+  // Mean units of a region: its nonzeros over kPer, plus half a unit per block.
+  const int64_t blocks = (kRegion / a.shape.block_size) * (kRegion / a.shape.block_size);
+  const int64_t units = a.nnz / (regions * Fine::kPer) + (blocks + 1) / 2;
+  if (10 * units <= 9 * Fine::kThreads) return launch<T, Fine>(a, dev, stream, options);
+  return launch<T, SddmmConfig<kRegion>>(a, dev, stream, options);
+}
+
 // Regions of 128 x 128 share each staged value among twice the nonzeros of 64 x 64 ones, and
 // at 90% sparsity they keep 80% of their threads busy against 40% (a 64 x 64 region has about
 // 52 units of 8 for 128 threads): 4096 x 1024 at 90% (256 regions of 128 on 132
 // multiprocessors) runs 1.5x faster than in 64 x 64 regions. With fewer 128 x 128 regions than
-// multiprocessors, beta <= 64 takes 64 x 64 regions, which fill the GPU, in units of 4 nonzeros
-// where those fit in one pass of the threads with a tenth to spare (1.2-1.6x faster at 90-95%
-// sparsity; at 80% they would take two passes, 1.2-1.4x slower). Larger blocks are their own
-// region.
+// multiprocessors, beta <= 64 takes 64 x 64 regions, which fill the GPU. Larger blocks are their
+// own region.
 template <typename T>
 cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                             const SddmmOptions& options) {
   const int beta = a.shape.block_size;
-  if (beta == 256) return launch<T, SddmmConfig<256>>(a, dev, stream, options);
-  if (beta == 128) return launch<T, SddmmConfig<128>>(a, dev, stream, options);
   const auto regions = [&](int region) {
     const int64_t span = region / beta;
     return ceil_div(a.shape.block_rows(), span) * ceil_div(a.shape.block_cols(), span);
   };
-  if (regions(128) >= dev.num_sms) return launch<T, SddmmConfig<128>>(a, dev, stream, options);
-  using Fine = SddmmConfig<64, 4>;
-  // Mean units of a region: its nonzeros over kPer, plus half a unit per block.
-  const int64_t blocks = (Fine::kRegion / beta) * (Fine::kRegion / beta);
-  const int64_t units = a.nnz / (regions(64) * Fine::kPer) + (blocks + 1) / 2;
-  if (10 * units <= 9 * Fine::kThreads) return launch<T, Fine>(a, dev, stream, options);
-  return launch<T, SddmmConfig<64>>(a, dev, stream, options);
+  if (beta == 256) return launch_region<T, 256>(a, regions(256), dev, stream, options);
+  if (beta == 128 || regions(128) >= dev.num_sms) {
+    return launch_region<T, 128>(a, regions(128), dev, stream, options);
+  }
+  return launch_region<T, 64>(a, regions(64), dev, stream, options);
 }
 
 }  // namespace

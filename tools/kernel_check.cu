@@ -432,6 +432,11 @@ int run_check(int level, const DeviceInfo& dev) {
       }
     }
     check_sddmm(full, t, 70, true, false, rng, dev);
+    // Sparse regions of each size, in units of 4 nonzeros.
+    for (int beta : {32, 128, 256}) {
+      HostCsb sparse = random_csb(quick ? 130 : 300, 260, beta, 0.02, t, rng);
+      check_sddmm(sparse, t, 37, false, true, rng, dev);
+    }
     HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, -1, -1);
     for (int tr = 0; tr < 2; ++tr) check_spmm(full256, t, 33, tr, true, {}, rng, dev);
     check_sddmm(full256, t, 33, false, true, rng, dev);
