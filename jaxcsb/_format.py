@@ -68,6 +68,10 @@ def _scatter(values, row, col, shape):
     return jnp.zeros(shape, values.dtype).at[row, col].set(values)
 
 
+# The arrays of a CSB matrix (its pytree children, in order); everything else is static.
+CSB_ARRAYS = ("values", "block_ptr", "local")
+
+
 @jax.tree_util.register_pytree_node_class
 class CSB:
     """A sparse matrix in Compressed Sparse Blocks, stored once for A @ B, A.T @ B and SDDMM.
@@ -104,7 +108,7 @@ class CSB:
 
     # pytree protocol --------------------------------------------------------------------------
     def tree_flatten(self):
-        children = (self.values, self.block_ptr, self.local)
+        children = tuple(getattr(self, name) for name in CSB_ARRAYS)
         return children, (self.stored_shape, self.block_size, self.transposed)
 
     @classmethod

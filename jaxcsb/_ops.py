@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _native, _reference, _validate
 from ._dtypes import check_value_dtype
-from ._format import CSB
+from ._format import CSB, CSB_ARRAYS
 from ._problem import Sddmm, Spmm
 
 IMPLS = ("auto", "native", "jax")
@@ -261,7 +261,7 @@ def _check_devices(**operands):
 
 
 def _csb_leaves(A: CSB, name):
-    return {f"{name}.{leaf}": getattr(A, leaf) for leaf in ("values", "block_ptr", "local")}
+    return {f"{name}.{leaf}": getattr(A, leaf) for leaf in CSB_ARRAYS}
 
 
 def _check_same_dtype(a: CSB, x, name):

@@ -35,10 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._format import CSB_ARRAYS
+
 FORMAT = "jaxcsb-checkpoint"
 VERSION = 2
 META_KEY = "__jaxcsb__"
-_SPARSE_ARRAYS = ("values", "block_ptr", "local")
 # Version 1 also held two arrays of precomputed work units per sparse layer, which no kernel
 # read and the format has dropped; such files load with those arrays left out.
 _V1_UNITS = ("row_units", "col_units")
@@ -269,7 +270,7 @@ def _load_nnx(meta, arrays, model, where):
                     f"{saved[key]} in the file and {getattr(layer, key)} in the model"
                 )
     _compare_names(meta["arrays"], variables, where)
-    sparse_owned = {_join(layer, a): layer for layer in sparse for a in _SPARSE_ARRAYS}
+    sparse_owned = {_join(layer, a): layer for layer in sparse for a in CSB_ARRAYS}
     for name, var in sorted(variables.items()):
         info = meta["arrays"][name]
         if info["variable"] != type(var).__name__:
@@ -284,7 +285,7 @@ def _load_nnx(meta, arrays, model, where):
     kernels = {}
     for name, layer in sparse.items():
         saved = file_sparse[name]
-        parts = {a: arrays[_join(name, a)] for a in _SPARSE_ARRAYS}
+        parts = {a: arrays[_join(name, a)] for a in CSB_ARRAYS}
         shape = (layer.in_features, layer.out_features)
         try:
             beta = check_block_size(saved["block_size"])
@@ -301,7 +302,7 @@ def _load_nnx(meta, arrays, model, where):
                 f"ending at {nnz} for shape {shape} and block_size {beta})"
             )
         kernels[name] = CSB(
-            *(jnp.asarray(parts[a]) for a in _SPARSE_ARRAYS), stored_shape=shape, block_size=beta
+            *(jnp.asarray(parts[a]) for a in CSB_ARRAYS), stored_shape=shape, block_size=beta
         )
     # Everything matched: now change the model.
     for name, var in variables.items():

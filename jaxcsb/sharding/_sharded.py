@@ -74,55 +74,29 @@ class ShardedCSB:
         self.transposed = bool(transposed)
 
     # pytree protocol --------------------------------------------------------------------------
+    # The arrays are the pytree's children; the rest is static.
+    _ARRAYS = ("values", "block_ptr", "local", "pad")
+    _STATIC = (
+        "shape",
+        "axis",
+        "bounds",
+        "shard_nnz",
+        "stored_shape",
+        "block_size",
+        "transposed",
+    )
+
     def tree_flatten(self):
-        children = (self.values, self.block_ptr, self.local, self.pad)
-        aux = (
-            self.shape,
-            self.axis,
-            self.bounds,
-            self.shard_nnz,
-            self.stored_shape,
-            self.block_size,
-            self.transposed,
-        )
-        return children, aux
+        children = tuple(getattr(self, name) for name in self._ARRAYS)
+        return children, tuple(getattr(self, name) for name in self._STATIC)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        shape, axis, bounds, shard_nnz, stored_shape, block_size, transposed = aux
-        return cls(
-            *children,
-            shape=shape,
-            axis=axis,
-            bounds=bounds,
-            shard_nnz=shard_nnz,
-            stored_shape=stored_shape,
-            block_size=block_size,
-            transposed=transposed,
-        )
+        return cls(*children, **dict(zip(cls._STATIC, aux, strict=True)))
 
     def _replace(self, **changes) -> ShardedCSB:
-        children, aux = self.tree_flatten()
-        names = ("values", "block_ptr", "local", "pad")
-        fields = dict(zip(names, children, strict=True))
-        meta = dict(
-            zip(
-                (
-                    "shape",
-                    "axis",
-                    "bounds",
-                    "shard_nnz",
-                    "stored_shape",
-                    "block_size",
-                    "transposed",
-                ),
-                aux,
-                strict=True,
-            )
-        )
-        for k, v in changes.items():
-            (fields if k in fields else meta)[k] = v
-        return ShardedCSB(*fields.values(), **meta)
+        fields = {name: getattr(self, name) for name in self._ARRAYS + self._STATIC}
+        return ShardedCSB(**(fields | changes))
 
     # properties -------------------------------------------------------------------------------
     @property
