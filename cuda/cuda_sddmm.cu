@@ -16,7 +16,9 @@
 //
 // The region's nonzeros are cut into units of kPer consecutive stored nonzeros of one block;
 // a thread takes one unit per pass (more passes when the region has more units than threads)
-// and keeps its kPer float32 sums in registers for the whole walk over n. Inside a block the
+// and keeps its kPer float32 sums in registers for the whole walk over n. The kernel's speed
+// follows the share of threads that hold a unit, so kPer is 4 where the units then still take
+// one pass, else 8 (launch_region). Inside a block the
 // nonzeros are sorted by (row, col), so the nonzeros of a unit mostly share their row: a 16-byte
 // group of that row of L is loaded once for all of them.
 //
