@@ -18,9 +18,9 @@
 // a thread takes one unit per pass (more passes when the region has more units than threads)
 // and keeps its kPer float32 sums in registers for the whole walk over n. The kernel's speed
 // follows the share of threads that hold a unit, so kPer is 4 where the units then still take
-// one pass, else 8 (launch_region). Inside a block the
-// nonzeros are sorted by (row, col), so the nonzeros of a unit mostly share their row: a 16-byte
-// group of that row of L is loaded once for all of them.
+// one pass, else 8 (launch_region). Inside a block the nonzeros are sorted by (row, col), so
+// the nonzeros of a unit mostly share their row: a 16-byte group of that row of L is loaded
+// once for all of them.
 //
 // Bank conflicts: lane l reads 16-byte group (g + l) mod 8 of its rows at step g, so the 8 lanes
 // of a shared-memory phase hit 8 different bank groups whatever rows they read. The order of

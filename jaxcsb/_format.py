@@ -10,6 +10,7 @@ the stored matrix.
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +71,7 @@ def _scatter(values, row, col, shape):
 
 # The arrays of a CSB matrix (its pytree children, in order); everything else is static.
 CSB_ARRAYS = ("values", "block_ptr", "local")
+_arrays_of = operator.attrgetter(*CSB_ARRAYS)  # flattening runs at every call: one C call
 
 
 @jax.tree_util.register_pytree_node_class
@@ -108,8 +110,7 @@ class CSB:
 
     # pytree protocol --------------------------------------------------------------------------
     def tree_flatten(self):
-        children = tuple(getattr(self, name) for name in CSB_ARRAYS)
-        return children, (self.stored_shape, self.block_size, self.transposed)
+        return _arrays_of(self), (self.stored_shape, self.block_size, self.transposed)
 
     @classmethod
     def tree_unflatten(cls, aux, children):

@@ -16,6 +16,7 @@ size and orientation shared by all shards.
 from __future__ import annotations
 
 from itertools import pairwise
+from operator import attrgetter
 from typing import NamedTuple
 
 import jax
@@ -34,6 +35,13 @@ class ShardStats(NamedTuple):
     shard_size: int  # the padded extent every shard is stored with
     imbalance: float  # largest shard's nonzeros / mean nonzeros (1.0: perfect)
     padded_nnz: int  # nonzeros stored per shard, padding included
+
+
+# The arrays of a ShardedCSB are its pytree's children; the rest is static.
+_ARRAYS = ("values", "block_ptr", "local", "pad")
+_STATIC = ("shape", "axis", "bounds", "shard_nnz", "stored_shape", "block_size", "transposed")
+_arrays_of = attrgetter(*_ARRAYS)
+_static_of = attrgetter(*_STATIC)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -74,28 +82,15 @@ class ShardedCSB:
         self.transposed = bool(transposed)
 
     # pytree protocol --------------------------------------------------------------------------
-    # The arrays are the pytree's children; the rest is static.
-    _ARRAYS = ("values", "block_ptr", "local", "pad")
-    _STATIC = (
-        "shape",
-        "axis",
-        "bounds",
-        "shard_nnz",
-        "stored_shape",
-        "block_size",
-        "transposed",
-    )
-
     def tree_flatten(self):
-        children = tuple(getattr(self, name) for name in self._ARRAYS)
-        return children, tuple(getattr(self, name) for name in self._STATIC)
+        return _arrays_of(self), _static_of(self)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(*children, **dict(zip(cls._STATIC, aux, strict=True)))
+        return cls(*children, **dict(zip(_STATIC, aux, strict=True)))
 
     def _replace(self, **changes) -> ShardedCSB:
-        fields = {name: getattr(self, name) for name in self._ARRAYS + self._STATIC}
+        fields = dict(zip(_ARRAYS + _STATIC, _arrays_of(self) + _static_of(self), strict=True))
         return ShardedCSB(**(fields | changes))
 
     # properties -------------------------------------------------------------------------------
