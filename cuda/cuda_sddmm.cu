@@ -276,6 +276,19 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   }
 }
 
+// The grid of square regions of `region` x `region` (whole blocks) that covers S.
+struct RegionGrid {
+  int64_t span;  // blocks per side of a region
+  int64_t rows;
+  int64_t cols;
+  int64_t count() const { return rows * cols; }
+};
+
+RegionGrid region_grid(const CsbShape& shape, int region) {
+  const int64_t span = region / shape.block_size;
+  return {span, ceil_div(shape.block_rows(), span), ceil_div(shape.block_cols(), span)};
+}
+
 // Whether every 4-value group that `stage` reads from M can be one aligned vector load: the
 // groups start at multiples of 4 values along M's contiguous axis, of length `contiguous`.
 template <typename T>
@@ -299,9 +312,9 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
   p.block_rows = a.shape.block_rows();
   p.block_cols = a.shape.block_cols();
   p.beta = a.shape.block_size;
-  const int64_t span = Cfg::kRegion / p.beta;
-  p.region_cols = ceil_div(p.block_cols, span);
-  p.num_regions = ceil_div(p.block_rows, span) * p.region_cols;
+  const RegionGrid grid = region_grid(a.shape, Cfg::kRegion);
+  p.region_cols = grid.cols;
+  p.num_regions = grid.count();
   p.lhs_transposed = a.lhs_transposed;
   p.rhs_transposed = a.rhs_transposed;
   p.lhs_vec = vector_groups<T>(a.lhs, a.lhs_transposed ? p.rows : p.n);
@@ -330,12 +343,13 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
 // units of 8 in 64 x 64 regions at 90-95% sparsity), where they fit in one pass of the threads
 // with a tenth to spare; otherwise they would take two passes over n (1.2-1.4x slower at 80%).
 template <typename T, int kRegion>
-cudaError_t launch_region(const SddmmArgs& a, int64_t regions, const DeviceInfo& dev,
-                          cudaStream_t stream, const SddmmOptions& options) {
+cudaError_t launch_region(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                          const SddmmOptions& options) {
   using Fine = SddmmConfig<kRegion, 4>;
   // Mean units of a region: its nonzeros over kPer, plus half a unit per block.
-  const int64_t blocks = (kRegion / a.shape.block_size) * (kRegion / a.shape.block_size);
-  const int64_t units = a.nnz / (regions * Fine::kPer) + (blocks + 1) / 2;
+  const RegionGrid grid = region_grid(a.shape, kRegion);
+  const int64_t blocks = grid.span * grid.span;
+  const int64_t units = a.nnz / (grid.count() * Fine::kPer) + (blocks + 1) / 2;
   if (10 * units <= 9 * Fine::kThreads) return launch<T, Fine>(a, dev, stream, options);
   return launch<T, SddmmConfig<kRegion>>(a, dev, stream, options);
 }
@@ -350,15 +364,11 @@ template <typename T>
 cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                             const SddmmOptions& options) {
   const int beta = a.shape.block_size;
-  const auto regions = [&](int region) {
-    const int64_t span = region / beta;
-    return ceil_div(a.shape.block_rows(), span) * ceil_div(a.shape.block_cols(), span);
-  };
-  if (beta == 256) return launch_region<T, 256>(a, regions(256), dev, stream, options);
-  if (beta == 128 || regions(128) >= dev.num_sms) {
-    return launch_region<T, 128>(a, regions(128), dev, stream, options);
+  if (beta == 256) return launch_region<T, 256>(a, dev, stream, options);
+  if (beta == 128 || region_grid(a.shape, 128).count() >= dev.num_sms) {
+    return launch_region<T, 128>(a, dev, stream, options);
   }
-  return launch_region<T, 64>(a, regions(64), dev, stream, options);
+  return launch_region<T, 64>(a, dev, stream, options);
 }
 
 }  // namespace

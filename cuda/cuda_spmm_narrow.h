@@ -311,8 +311,8 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   constexpr int kMaxWarps = std::min<int>(kNarrowMaxWarps, kNarrowSmemBudget / kPerWarp);
   static_assert(kMaxWarps >= 1, "a warp's tiles fit in the budget");
   return launch_warp_lines<narrow_kernel<T, S, kTranspose, kBatchLeading>>(
-      p, S::kTile, /*blocks_per_warp=*/2, kMaxWarps, kPerWarp, /*max_carveout=*/false, dev, stream,
-      options);
+      p, S::kTile, /*blocks_per_warp=*/2, kMaxWarps, kPerWarp, /*max_carveout=*/false,
+      /*spread=*/false, dev, stream, options);
 }
 
 // Lanes per nonzero: one lane holds up to 16 columns of n. Fewer lanes per nonzero mean more

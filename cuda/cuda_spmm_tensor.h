@@ -403,8 +403,8 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   set_line_params(a, &p);
   // The largest carveout: shared memory bounds the warps in flight (S::kMinBlocks).
   return launch_warp_lines<tensor_kernel<T, S, kTranspose, kBatchLeading>>(
-      p, kTile, /*blocks_per_warp=*/2, kTensorMaxWarps, S::kWarpBytes, /*max_carveout=*/true, dev,
-      stream, options);
+      p, kTile, /*blocks_per_warp=*/2, kTensorMaxWarps, S::kWarpBytes, /*max_carveout=*/true,
+      /*spread=*/false, dev, stream, options);
 }
 
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>

@@ -199,26 +199,16 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
                         const SpmmOptions& options) {
   LineParams p{};
   set_line_params(a, &p);
-  // The cluster size of line_cluster with room for one thread block per multiprocessor, where
-  // that admits a cluster of two or more. This walk ran up to 22% faster so than with the two
-  // to four per multiprocessor that the narrow family's rule gives (bfloat16 4096^2 at 90%:
-  // 10.5 against 12.5 us; "n5d" in docs/performance.md). With more lines the rule stays: one
-  // thread block a line without a cluster ran 7% slower on 11008 x 4096 in the harness.
-  SpmmOptions spmv_options = options;
-  int one_per_sm = 1;
-  if (options.cluster <= 0 &&
-      line_cluster(
-          0, dev, p.num_lines, p.line_length, /*min_positions=*/2,
-          [&](int) { return int64_t{dev.num_sms}; }, &one_per_sm) == cudaSuccess &&
-      one_per_sm > 1) {
-    spmv_options.cluster = one_per_sm;
-  }
   // As the narrow kernel, but a warp per CSB block: a warp's walk is a chain of dependent loads,
   // so the more warps walk at once, the more of the memory's latency is hidden. Its shared
-  // memory is static (a column of partial sums per warp).
+  // memory is static (a column of partial sums per warp). Clusters spread for one thread block
+  // per multiprocessor where they can: this walk ran up to 22% faster so than with the two to
+  // four per multiprocessor of the narrow family's rule (bfloat16 4096^2 at 90%: 10.5 against
+  // 12.5 us; "n5d" in docs/performance.md). With more lines the rule stays: one thread block a
+  // line without a cluster ran 7% slower on 11008 x 4096 in the harness.
   return launch_warp_lines<vector_detail::vector_kernel<T, kBeta>>(
       p, /*tile=*/1, /*blocks_per_warp=*/1, kVectorMaxWarps, /*warp_smem=*/0,
-      /*max_carveout=*/false, dev, stream, spmv_options);
+      /*max_carveout=*/false, /*spread=*/true, dev, stream, options);
 }
 
 }  // namespace jaxcsb::cuda

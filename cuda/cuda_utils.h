@@ -192,11 +192,14 @@ int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& d
 // each own whole CSB blocks of a line and add their partial results at the end: about
 // `blocks_per_warp` CSB blocks per warp, at most `max_warps` warps of `warp_smem` bytes of
 // dynamic shared memory each per thread block, n in tiles of `tile`, and a cluster that splits
-// the line when there are few lines (line_cluster).
+// the line when there are few lines (line_cluster). With `spread`, the cluster is first sized
+// for one thread block per multiprocessor, and the rule of resident blocks applies only where
+// that gives no cluster of two or more.
 template <auto kKernel>
 cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, int max_warps,
-                              size_t warp_smem, bool max_carveout, const DeviceInfo& dev,
-                              cudaStream_t stream, const SpmmOptions& options) {
+                              size_t warp_smem, bool max_carveout, bool spread,
+                              const DeviceInfo& dev, cudaStream_t stream,
+                              const SpmmOptions& options) {
   const size_t max_smem = max_warps * warp_smem;
   if (max_smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
   cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, max_carveout);
@@ -214,9 +217,17 @@ cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, i
   };
   p.num_tiles = ceil_div(p.n, tile);
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
-  err = line_cluster(options.cluster, dev, p.num_lines * tiles_y, p.line_length, 2, slots,
-                     &p.cluster);
-  if (err != cudaSuccess) return err;
+  const int64_t blocks = p.num_lines * tiles_y;
+  p.cluster = 1;
+  if (spread && options.cluster <= 0) {
+    err = line_cluster(
+        0, dev, blocks, p.line_length, 2, [&](int) { return int64_t{dev.num_sms}; }, &p.cluster);
+    if (err != cudaSuccess) return err;
+  }
+  if (p.cluster == 1) {
+    err = line_cluster(options.cluster, dev, blocks, p.line_length, 2, slots, &p.cluster);
+    if (err != cudaSuccess) return err;
+  }
   const int w = warps(p.cluster);
   return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, 32 * w, w * warp_smem, stream);
 }

@@ -144,13 +144,14 @@ def _trip_count(pair, outer, cap, per_round, target_s) -> tuple[int, float]:
     one such reading at a low trip count once left every repeat timing 9 products of 40 us
     each, with the dispatch noise of a call for each of them (a ratio off by 4x)."""
     for step in range(1, STEPS + 1):
+        final = outer == cap or step == STEPS
         total, bare = pair(outer)
+        if total - bare >= 0.5 * target_s and not final:
+            total, bare = min(
+                (total, bare), pair(outer), key=lambda reading: reading[0] - reading[1]
+            )
         diff = total - bare
-        if diff >= 0.5 * target_s and outer < cap and step < STEPS:
-            again_total, again_bare = pair(outer)
-            if again_total - again_bare < diff:
-                total, bare, diff = again_total, again_bare, again_total - again_bare
-        if diff >= 0.5 * target_s or outer == cap or step == STEPS:
+        if diff >= 0.5 * target_s or final:
             break
         if diff > NOISE * bare:
             per_product = diff / (1 + outer * per_round)
