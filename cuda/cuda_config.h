@@ -73,13 +73,18 @@ struct SddmmConfig {
 };
 
 // Narrow-n SpMM (cuda_spmm_narrow.h): warps that each own whole CSB blocks, at block sizes up
-// to kNarrowMaxBeta, in tiles of n up to kNarrowMaxTile wide (a warp stages its block's
+// to kNarrowMaxBeta, in tiles of n up to narrow_max_tile(beta) wide (a warp stages its block's
 // beta x tile slice of D, and a transposed product keeps a beta x tile partial tile too: 18 KiB
 // at beta 64 and tile 32).
 // At most kNarrowMaxWarps warps and kNarrowSmemBudget bytes per thread block, so that two
 // thread blocks fit on a multiprocessor.
-constexpr int kNarrowMaxBeta = 64;
+constexpr int kNarrowMaxBeta = 128;
 constexpr int kNarrowMaxTile = 32;
+// A forward walk keeps a warp's beta x tile sums in registers, at most 64 per lane: tiles of
+// 32 up to beta 64, of 16 at beta 128 (wider n runs in more tiles).
+constexpr int narrow_max_tile(int beta) {
+  return 64 * 32 / beta < kNarrowMaxTile ? 64 * 32 / beta : kNarrowMaxTile;
+}
 constexpr int kNarrowMaxWarps = 8;
 constexpr size_t kNarrowSmemBudget = 96 * 1024;
 

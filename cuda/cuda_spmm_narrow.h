@@ -60,6 +60,7 @@ struct NarrowShape {
   }
   static_assert(kTile == 4 || kTile == 8 || kTile == 16 || kTile == 32, "tiles of 4 to 32");
   static_assert(kVec % 4 == 0 && kTile % kVec == 0, "lanes hold whole float4 pieces of a row");
+  static_assert(kRows * kVec <= 64, "a lane's forward sums fit in 64 registers (narrow_max_tile)");
 };
 
 // Four consecutive values of the dense operand as float32, zero outside [0, valid).
@@ -294,10 +295,10 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
   }
 }
 
-// The tile width for n: the smallest of 4, 8, ..., kNarrowMaxTile that holds it.
-inline int narrow_tile(int64_t n) {
+// The tile width for n: the smallest of 4, 8, ..., max_tile that holds it.
+inline int narrow_tile(int64_t n, int max_tile) {
   int tile = 4;
-  while (tile < n && tile < kNarrowMaxTile) tile *= 2;
+  while (tile < n && tile < max_tile) tile *= 2;
   return tile;
 }
 
@@ -324,7 +325,8 @@ using Shape = NarrowShape<kBeta, kTile, (kTile < 16 ? kTile : 16)>;
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
 cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                         const SpmmOptions& options) {
-  switch (narrow_tile(a.n)) {
+  constexpr int kMaxTile = narrow_max_tile(kBeta);
+  switch (narrow_tile(a.n, kMaxTile)) {
     case 4:
       return launch<T, Shape<kBeta, 4, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
                                                                                options);
@@ -335,8 +337,8 @@ cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
       return launch<T, Shape<kBeta, 16, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
                                                                                 options);
   }
-  return launch<T, Shape<kBeta, 32, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
-                                                                            options);
+  return launch<T, Shape<kBeta, kMaxTile, kTranspose>, kTranspose, kBatchLeading>(a, dev, stream,
+                                                                                  options);
 }
 
 }  // namespace narrow_detail

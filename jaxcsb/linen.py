@@ -111,7 +111,9 @@ class SparseDense(nn.Module):
         else:
             nnz = size - num_pruned(size, check_sparsity(self.sparsity))
         if self.block_size is None:
-            return nnz, default_block_size(shape, nnz)
+            # For the dtype that the products run in.
+            dtype = self.param_dtype if self.dtype is None else self.dtype
+            return nnz, default_block_size(shape, nnz, dtype=dtype)
         return nnz, check_block_size(self.block_size)
 
     def pattern_mask(self, in_features: int, path: tuple = ()) -> np.ndarray:

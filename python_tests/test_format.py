@@ -4,6 +4,7 @@ block size."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import BLOCK_SIZES, random_dense, random_mask, seed_of
@@ -41,18 +42,41 @@ def test_layout_invariants(block_size):
 
 
 @pytest.mark.parametrize(
-    "sparsity, on_cpu, on_gpu",
-    [(0.5, 16, 16), (0.8, 64, 64), (0.9, 128, 64), (0.95, 256, 64), (0.98, 256, 64)],
+    "sparsity, on_cpu, on_gpu, on_gpu_16bit",
+    [
+        (0.5, 16, 16, 16),
+        (0.8, 64, 64, 64),
+        (0.9, 128, 128, 64),
+        (0.95, 256, 128, 64),
+        (0.98, 256, 128, 64),
+    ],
 )
-def test_default_block_size_examples(sparsity, on_cpu, on_gpu):
-    """The documented heuristic: density * beta >= 8 at the smallest such beta, at most 64
-    for a GPU."""
+def test_default_block_size_examples(sparsity, on_cpu, on_gpu, on_gpu_16bit):
+    """The documented heuristic: density * beta >= 8 at the smallest such beta, at most 128
+    for float32 and 64 for 16-bit values on a GPU."""
     shape = (1024, 1024)
     nnz = int(round((1 - sparsity) * shape[0] * shape[1]))
     assert default_block_size(shape, nnz, "cpu") == on_cpu
     assert default_block_size(shape, nnz, "gpu") == on_gpu
+    for dtype in (jnp.bfloat16, np.float16):
+        assert default_block_size(shape, nnz, "cpu", dtype) == on_cpu
+        assert default_block_size(shape, nnz, "gpu", dtype) == on_gpu_16bit
     here = on_gpu if jax.default_backend() == "gpu" else on_cpu
     assert default_block_size(shape, nnz) == here
+
+
+def test_default_block_size_follows_the_values_dtype():
+    """fromdense picks the block size for the dtype the values are stored in."""
+    rng = np.random.default_rng(seed_of("default-block-dtype"))
+    w = np.where(rng.random((256, 256)) < 0.05, rng.standard_normal((256, 256)), 0.0)
+    gpu = jax.default_backend() == "gpu"
+    assert jaxcsb.CSB.fromdense(w.astype(np.float32)).block_size == (128 if gpu else 256)
+    assert jaxcsb.CSB.fromdense(w.astype(jnp.bfloat16)).block_size == (64 if gpu else 256)
+
+
+def test_default_block_size_rejects_an_unsupported_dtype():
+    with pytest.raises(TypeError, match="dtype must have dtype float32"):
+        default_block_size((64, 64), 10, "gpu", np.float64)
 
 
 def test_default_block_size_is_capped_by_the_matrix_size():
