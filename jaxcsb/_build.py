@@ -36,15 +36,19 @@ def check_shape(shape) -> tuple[int, int]:
     return rows, cols
 
 
-# Largest default block size per platform and value type. On a GPU, larger blocks mean fewer,
-# longer work items, and a 16-bit product runs on tensor cores only at block sizes up to 64.
-# Float32 gains from 128: the wide SpMM stages a beta x 128 tile of the dense operand for every
-# CSB block, and at 90% sparsity and sparser a block of 128 shares it among 4x the nonzeros
-# (H100, 4096 x 1024, n = 4096: 0.62 -> 0.53 ms at 90%, 0.48 -> 0.35 ms at 95%, 0.41 -> 0.26
-# ms at 98%; the SDDMM runs as fast or faster). Beta 256 ran SpMM 1.4-3.7x slower than 128 from
-# 95% sparsity down, and a 512-row matrix at beta 256 fills 64 thread blocks of a 132-SM GPU.
-# The CPU kernels gain from every doubling up to 256 (fewer, longer rows of work per block).
-MAX_DEFAULT_BLOCK_SIZE = {"gpu": {"float32": 128, "bfloat16": 64, "float16": 64}}
+# Largest default block size on a GPU, per value type. Larger blocks mean fewer, longer work
+# items, and a 16-bit product runs on tensor cores only at block sizes up to 64. Float32 gains
+# from 128: the wide SpMM stages a beta x 128 tile of the dense operand for every CSB block, and
+# at 90% sparsity and sparser a block of 128 shares it among 4x the nonzeros (H100, 4096 x 1024,
+# n = 4096: 0.62 -> 0.53 ms at 90%, 0.48 -> 0.35 ms at 95%, 0.41 -> 0.26 ms at 98%; the SDDMM
+# runs as fast or faster), at the price of small n (inference at a batch of 1 to 64 runs
+# 1.3-2.5x slower than at 64). Beta 256 ran SpMM 1.4-3.7x slower than 128 from 95% sparsity
+# down. The CPU kernels gain from every doubling up to 256 (fewer, longer rows of work).
+GPU_MAX_DEFAULT_BLOCK_SIZE = {"float32": 128, "bfloat16": 64, "float16": 64}
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(x, 1))))
 
 
 def default_block_size(
@@ -59,19 +63,23 @@ def default_block_size(
     Measured at 90% sparsity (2048 x 512, n = 256, CPU): 32 -> 14, 64 -> 21, 128 -> 25 and
     256 -> 27 GFLOP/s on one core. Examples: 50% sparsity -> 16, 80% -> 64, 90% -> 128, 95%
     and sparser -> 256. Never larger than the matrix's larger dimension rounded up to a power
-    of two (a 40 x 40 matrix gets 64 at most), nor, when ``platform`` (by default
-    ``jax.default_backend()``, where the matrix will run) is "gpu", than 128 for float32 values
-    and 64 for bfloat16 and float16 ``dtype`` (the tensor-core kernels' largest block).
+    of two (a 40 x 40 matrix gets 64 at most). When ``platform`` (by default
+    ``jax.default_backend()``, where the matrix will run) is "gpu", at most 128 for float32
+    values and 64 for bfloat16 and float16 ``dtype`` (the tensor-core kernels' largest block),
+    and larger than 64 only where the smaller dimension fills such a block (a 64 x 576
+    convolution weight at 128 leaves half of every block's rows empty: 1.25x slower).
     """
     if platform is None:
         import jax
 
         platform = jax.default_backend()
+    dtype = check_value_dtype(dtype, "dtype")
     rows, cols = shape
     density = nnz / max(1, rows * cols)
-    cap = max(16, 1 << max(0, math.ceil(math.log2(max(rows, cols, 1)))))
-    caps = MAX_DEFAULT_BLOCK_SIZE.get(platform, {})
-    cap = min(cap, caps.get(check_value_dtype(dtype, "dtype").name, BLOCK_SIZES[-1]))
+    cap = max(16, _pow2_at_least(max(rows, cols)))
+    if platform == "gpu":
+        fill_cap = max(64, _pow2_at_least(min(rows, cols)))
+        cap = min(cap, GPU_MAX_DEFAULT_BLOCK_SIZE[dtype.name], fill_cap)
     for beta in BLOCK_SIZES:
         if density * beta >= 8 or beta >= cap:
             return beta

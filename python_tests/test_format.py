@@ -65,6 +65,15 @@ def test_default_block_size_examples(sparsity, on_cpu, on_gpu, on_gpu_16bit):
     assert default_block_size(shape, nnz) == here
 
 
+def test_default_block_size_on_a_gpu_stays_64_below_a_dimension_of_65():
+    """Past 64 only where the smaller dimension fills the block."""
+    nnz = int(0.1 * 64 * 576)
+    assert default_block_size((64, 576), nnz, "gpu") == 64
+    assert default_block_size((576, 64), nnz, "gpu") == 64
+    assert default_block_size((65, 576), nnz, "gpu") == 128
+    assert default_block_size((64, 576), nnz, "cpu") == 128
+
+
 def test_default_block_size_follows_the_values_dtype():
     """fromdense picks the block size for the dtype the values are stored in."""
     rng = np.random.default_rng(seed_of("default-block-dtype"))
