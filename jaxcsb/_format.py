@@ -218,7 +218,9 @@ class CSB:
     # constructors -----------------------------------------------------------------------------
     @classmethod
     def from_coo(cls, row, col, values, shape, *, block_size=None, dtype=None) -> CSB:
-        """From coordinate triplets. Duplicate coordinates raise ValueError."""
+        """From coordinate triplets. Duplicate coordinates raise ValueError. Without
+        ``block_size`` one is picked from the density, the value dtype and the platform
+        (``jaxcsb._build.default_block_size``)."""
         where = "CSB.from_coo"
         row, col = host_array(row, "row", where), host_array(col, "col", where)
         values = host_array(values, "values", where)

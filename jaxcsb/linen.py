@@ -45,10 +45,11 @@ class SparseDense(nn.Module):
       weights, drawn with numpy from ``mask_seed`` and the module's path (so two layers of one
       model get different patterns, and ``init`` and ``apply`` agree without any rng);
 
-    and ``block_size`` (None picks it from the density). Initialization and ``rescale_init``
-    are those of :class:`jaxcsb.nnx.SparseLinear`: ``kernel_init`` on the dense shape, kept
-    entries taken, and each output's weights scaled by sqrt(in_features / fan_in) so its
-    variance matches the dense layer's (``rescale_init=False`` keeps Flax's values).
+    and ``block_size`` (None picks it from the density and dtype). Initialization and
+    ``rescale_init`` are those of :class:`jaxcsb.nnx.SparseLinear`: ``kernel_init`` on the
+    dense shape, kept entries taken, and each output's weights scaled by
+    sqrt(in_features / fan_in) so its variance matches the dense layer's
+    (``rescale_init=False`` keeps Flax's values).
 
     Variables: ``params/values`` (nnz,), ``params/bias`` (features,) and, in the
     ``"csb_structure"`` collection, ``block_ptr`` and ``local``.
