@@ -311,8 +311,11 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   constexpr size_t kPerWarp = S::warp_floats(kTranspose) * sizeof(float);
   constexpr int kMaxWarps = std::min<int>(kNarrowMaxWarps, kNarrowSmemBudget / kPerWarp);
   static_assert(kMaxWarps >= 1, "a warp's tiles fit in the budget");
+  // Two blocks per warp; one at beta 128, whose blocks hold 4x the nonzeros of those of 64 (a
+  // line of 4096^2 then keeps 4 warps per thread block in a cluster of 8, not 2).
+  constexpr int kBlocksPerWarp = S::kBeta >= 128 ? 1 : 2;
   return launch_warp_lines<narrow_kernel<T, S, kTranspose, kBatchLeading>>(
-      p, S::kTile, /*blocks_per_warp=*/2, kMaxWarps, kPerWarp, /*max_carveout=*/false,
+      p, S::kTile, kBlocksPerWarp, kMaxWarps, kPerWarp, /*max_carveout=*/false,
       /*spread=*/false, dev, stream, options);
 }
 
