@@ -62,6 +62,23 @@ def test_tiny_preset_writes_json_table_and_plot(tiny_run, capsys):
     assert data["targets"] and data["targets"][0]["verdict"] == "info"
 
 
+def test_block_size_option_sets_jaxcsb_block_size(tmp_path):
+    argv = ["--shapes", "70x90", "--n", "5", "--products", "spmm,sddmm", "--peers", "jaxcsb"]
+    argv += ["--block-size", "32", "--out", str(tmp_path), "--no-progress", "--no-ceilings"]
+    assert cli.main(argv) == 0
+    payload = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
+    peers = [r["peers"]["jaxcsb"] for r in payload["results"]]
+    assert len(peers) == 2
+    assert all(p["status"] == "ok" and p["block_size"] == 32 for p in peers)
+    assert payload["meta"]["timing"]["block_size"] == 32
+
+
+def test_block_size_option_rejects_a_size_jaxcsb_lacks(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--preset", "tiny", "--block-size", "48"])
+    assert "--block-size: invalid choice: 48" in capsys.readouterr().err
+
+
 def test_cli_rejects_preset_with_sweep_options(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--preset", "tiny", "--shapes", "64x64"])

@@ -23,6 +23,7 @@ import jax
 
 import jaxcsb
 
+from .._build import BLOCK_SIZES
 from . import report
 from .ceilings import measure_ceilings
 from .matrices import SYNTHETIC_KINDS, parse_shape
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_list(str),
         default=(),
         help="keep DLMC files whose path contains all of these strings (in a preset too)",
+    )
+    sweep.add_argument(
+        "--block-size",
+        type=int,
+        choices=BLOCK_SIZES,
+        help="jaxcsb's block size, in a preset too (default: jaxcsb's default for the "
+        "matrix's density, the dtype and the platform)",
     )
     out = ap.add_argument_group("outputs")
     out.add_argument("--out", help="output directory (default results/)")
@@ -241,6 +249,7 @@ def main(argv=None) -> int:
         log=args.log,
         time_limit_s=args.time_limit,
         rounds=args.rounds,
+        block_size=args.block_size,
     )
     if preset == "tiny" and args.budget is None:
         settings.budget_s = 0.005

@@ -95,7 +95,9 @@ class JaxCSB(Peer):
         m = p.matrix
         key = ("csb", p.dtype)
         if key not in memo:
-            memo[key] = jaxcsb.CSB.from_coo(m.row, m.col, p.values, m.shape)
+            memo[key] = jaxcsb.CSB.from_coo(
+                m.row, m.col, p.values, m.shape, block_size=p.block_size
+            )
         a = memo[key]
         fns = {
             "spmm": lambda a, b: jaxcsb.csb_matmul(a, b),

@@ -70,6 +70,7 @@ class Problem:
     values: np.ndarray  # the matrix's values rounded to dtype (numpy, dtype)
     operands: tuple  # dense operands (numpy, dtype), as in the table above
     reference: np.ndarray | None = None  # float64, canonical layout
+    block_size: int | None = None  # jaxcsb's block size for the matrix (None: its default)
 
     @property
     def useful_flops(self) -> float:
@@ -107,7 +108,9 @@ def operand_shapes(m: Matrix, n: int, product: str) -> tuple[tuple[int, int], ..
     }[check_product(product)]
 
 
-def make_problem(m: Matrix, n: int, dtype, product: str, seed: int = 1) -> Problem:
+def make_problem(
+    m: Matrix, n: int, dtype, product: str, seed: int = 1, block_size: int | None = None
+) -> Problem:
     """Draws the dense operands (standard normal, rounded to ``dtype``); no reference yet."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
@@ -115,7 +118,8 @@ def make_problem(m: Matrix, n: int, dtype, product: str, seed: int = 1) -> Probl
         rng.standard_normal(s, dtype=np.float32).astype(dtype)
         for s in operand_shapes(m, n, product)
     )
-    return Problem(m, int(n), dtype, product, m.values.astype(dtype), operands)
+    values = m.values.astype(dtype)
+    return Problem(m, int(n), dtype, product, values, operands, block_size=block_size)
 
 
 def _host_sparse_reference(p: Problem) -> np.ndarray:

@@ -41,6 +41,7 @@ class Settings:
     log: bool = False  # one line per finished case on stderr
     time_limit_s: float | None = None  # no new case starts after this many seconds
     rounds: int = 3  # timing rounds that take turns over a case's peers
+    block_size: int | None = None  # jaxcsb's block size (None: its default)
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,9 @@ def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
                 current, m = spec, spec.load(settings.seed)
             if bar is not None:
                 bar.set_description(f"{m.name} N={n} {dtype} {product}"[-60:])
-            problem = make_problem(m, n, DTYPES[dtype], product, seed=settings.seed + 1)
+            problem = make_problem(
+                m, n, DTYPES[dtype], product, seed=settings.seed + 1, block_size=settings.block_size
+            )
             rec = _case_record(group, m, problem, attach_reference(problem))
             names = [p for p in group.peers if peer_filter is None or p in peer_filter]
             checked = {}
