@@ -73,13 +73,18 @@ def default_block_size(
         import jax
 
         platform = jax.default_backend()
-    dtype = check_value_dtype(dtype, "dtype")
+    dtype = np.dtype(dtype)
     rows, cols = shape
     density = nnz / max(1, rows * cols)
     cap = max(16, _pow2_at_least(max(rows, cols)))
     if platform == "gpu":
         fill_cap = max(64, _pow2_at_least(min(rows, cols)))
-        cap = min(cap, GPU_MAX_DEFAULT_BLOCK_SIZE[dtype.name], fill_cap)
+        # Other dtypes are float32's: a layer's float64 (without jax_enable_x64) runs in it, and
+        # the constructors reject the rest.
+        dtype_cap = GPU_MAX_DEFAULT_BLOCK_SIZE.get(
+            dtype.name, GPU_MAX_DEFAULT_BLOCK_SIZE["float32"]
+        )
+        cap = min(cap, dtype_cap, fill_cap)
     for beta in BLOCK_SIZES:
         if density * beta >= 8 or beta >= cap:
             return beta

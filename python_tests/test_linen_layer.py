@@ -124,3 +124,19 @@ def test_errors_name_the_problem():
         layer.apply({"params": variables["params"]}, x)
     with pytest.raises(ValueError, match="in_features is required"):
         layer.to_dense(variables)
+
+
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")  # JAX's truncation
+def test_default_block_size_follows_the_compute_dtype():
+    """bfloat16 products get the tensor cores' block size on a GPU; float64 asked for without
+    jax_enable_x64 runs in float32 and builds as before."""
+    gpu = jax.default_backend() == "gpu"
+    x = jnp.ones((2, 256), jnp.float32)
+    for dtype, on_gpu in ((jnp.bfloat16, 64), (None, 128)):
+        variables = SparseDense(256, sparsity=0.95, dtype=dtype).init(jax.random.key(0), x)
+        blocks = variables[STRUCTURE]["block_ptr"].shape[0] - 1
+        assert 256 // int(np.sqrt(blocks)) == (on_gpu if gpu else 256)
+    if not jax.config.jax_enable_x64:
+        layer = SparseDense(32, sparsity=0.9, dtype=jnp.float64)
+        variables = layer.init(jax.random.key(0), x[:, :64])
+        assert layer.apply(variables, x[:, :64]).dtype == jnp.float32

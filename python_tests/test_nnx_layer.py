@@ -193,3 +193,18 @@ def test_errors_name_the_problem():
         layer(jnp.ones((2, 5)))
     with pytest.raises(ValueError, match=r"\(in_features, out_features\) = \(4, 3\)"):
         layer.set_kernel(CSB.fromdense(np.ones((3, 4), np.float32)))
+
+
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")  # JAX's truncation
+def test_default_block_size_follows_the_compute_dtype():
+    """bfloat16 products get the tensor cores' block size on a GPU; float64 asked for without
+    jax_enable_x64 runs in float32 and builds as before."""
+    gpu = jax.default_backend() == "gpu"
+    layer = SparseLinear(256, 256, sparsity=0.95, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    assert layer.kernel.block_size == (64 if gpu else 256)
+    assert SparseLinear(256, 256, sparsity=0.95, rngs=nnx.Rngs(0)).kernel.block_size == (
+        128 if gpu else 256
+    )
+    if not jax.config.jax_enable_x64:
+        wide = SparseLinear(64, 32, sparsity=0.9, dtype=jnp.float64, rngs=nnx.Rngs(0))
+        assert wide(jnp.ones((2, 64))).dtype == jnp.float32
