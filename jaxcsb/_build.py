@@ -44,7 +44,11 @@ def check_shape(shape) -> tuple[int, int]:
 # runs as fast or faster), at the price of small n (inference at a batch of 1 to 64 runs
 # 1.3-2.5x slower than at 64). Beta 256 ran SpMM 1.4-3.7x slower than 128 from 95% sparsity
 # down. The CPU kernels gain from every doubling up to 256 (fewer, longer rows of work).
-GPU_MAX_DEFAULT_BLOCK_SIZE = {"float32": 128, "bfloat16": 64, "float16": 64}
+# Dtypes other than the 16-bit ones count as float32: a layer's float64 (without
+# jax_enable_x64) runs in it, and the constructors reject the rest.
+GPU_MAX_DEFAULT_BLOCK_SIZE = 128
+GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT = 64  # the tensor-core kernels' largest block
+_16BIT = ("bfloat16", "float16")
 
 
 def _pow2_at_least(x: int) -> int:
@@ -79,16 +83,19 @@ def default_block_size(
     cap = max(16, _pow2_at_least(max(rows, cols)))
     if platform == "gpu":
         fill_cap = max(64, _pow2_at_least(min(rows, cols)))
-        # Other dtypes are float32's: a layer's float64 (without jax_enable_x64) runs in it, and
-        # the constructors reject the rest.
-        dtype_cap = GPU_MAX_DEFAULT_BLOCK_SIZE.get(
-            dtype.name, GPU_MAX_DEFAULT_BLOCK_SIZE["float32"]
-        )
+        sixteen = dtype.name in _16BIT
+        dtype_cap = GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT if sixteen else GPU_MAX_DEFAULT_BLOCK_SIZE
         cap = min(cap, dtype_cap, fill_cap)
     for beta in BLOCK_SIZES:
         if density * beta >= 8 or beta >= cap:
             return beta
     return BLOCK_SIZES[-1]
+
+
+def layer_block_size(shape: tuple[int, int], nnz: int, dtype, param_dtype) -> int:
+    """The default block size of a layer's kernel, for the dtype that its products run in:
+    ``dtype`` when given, else ``param_dtype``."""
+    return default_block_size(shape, nnz, dtype=param_dtype if dtype is None else dtype)
 
 
 def _check_index_array(name, idx, limit, dim_name):

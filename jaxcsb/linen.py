@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from ._build import check_block_size, default_block_size
+from ._build import check_block_size, layer_block_size
 from ._format import CSB
 from ._ops import IMPLS, csb_matmul
 from .pruning._masks import check_sparsity, magnitude_mask, num_pruned
@@ -112,9 +112,7 @@ class SparseDense(nn.Module):
         else:
             nnz = size - num_pruned(size, check_sparsity(self.sparsity))
         if self.block_size is None:
-            # For the dtype that the products run in.
-            dtype = self.param_dtype if self.dtype is None else self.dtype
-            return nnz, default_block_size(shape, nnz, dtype=dtype)
+            return nnz, layer_block_size(shape, nnz, self.dtype, self.param_dtype)
         return nnz, check_block_size(self.block_size)
 
     def pattern_mask(self, in_features: int, path: tuple = ()) -> np.ndarray:

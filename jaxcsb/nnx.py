@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ._build import default_block_size
+from ._build import layer_block_size
 from ._format import CSB
 from ._ops import IMPLS, csb_matmul
 from .pruning._masks import check_sparsity, magnitude_mask, random_mask
@@ -141,9 +141,8 @@ class SparseLinear(nnx.Module):
         self.param_dtype = param_dtype
         self.impl = impl
         self.bias = nnx.Param(bias) if use_bias else nnx.data(None)
-        if block_size is None:  # for the dtype that the products run in
-            compute_dtype = param_dtype if dtype is None else dtype
-            block_size = default_block_size(shape, int(mask.sum()), dtype=compute_dtype)
+        if block_size is None:
+            block_size = layer_block_size(shape, int(mask.sum()), dtype, param_dtype)
         self.set_kernel(CSB.fromdense(dense, mask, block_size=block_size))
 
     # the kernel --------------------------------------------------------------------------------
