@@ -3,6 +3,7 @@
 // for a problem, with the reason next to each choice.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 
 #include "cuda_kernels.h"
@@ -72,11 +73,11 @@ struct SddmmConfig {
                 "the staging gives every thread four groups, or one 4 x 4 piece, per operand");
 };
 
-// Narrow-n SpMM (cuda_spmm_narrow.h): warps that each own whole CSB blocks, at block sizes up
-// to kNarrowMaxBeta, in tiles of n up to narrow_max_tile(beta) wide (a warp stages its block's
-// beta x tile slice of D, and a transposed product keeps a beta x tile partial tile too: 18 KiB
-// at beta 64 and tile 32).
-// At most kNarrowMaxWarps warps and kNarrowSmemBudget bytes per thread block, so that two
+// Narrow-n SpMM (cuda_spmm_narrow.h): warps that each own whole CSB blocks (or bands of their
+// rows), at block sizes up to kNarrowMaxBeta, in tiles of n up to narrow_max_tile(beta) wide (a
+// warp stages its block's beta x tile slice of D, and a transposed product keeps a beta x tile
+// partial tile too: 18 KiB at beta 64 and tile 32).
+// At most kNarrowMaxWarps warps and narrow_smem_budget bytes per thread block, so that two
 // thread blocks fit on a multiprocessor.
 constexpr int kNarrowMaxBeta = 128;
 constexpr int kNarrowMaxTile = 32;
@@ -86,7 +87,9 @@ constexpr int narrow_max_tile(int beta) {
   return 64 * 32 / beta < kNarrowMaxTile ? 64 * 32 / beta : kNarrowMaxTile;
 }
 constexpr int kNarrowMaxWarps = 8;
-constexpr size_t kNarrowSmemBudget = 96 * 1024;
+inline size_t narrow_smem_budget(const DeviceInfo& dev) {
+  return static_cast<size_t>(std::max(dev.smem_per_sm / 2 - dev.smem_reserved, 0));
+}
 
 // Warps per thread block of the narrow family's matrix-vector walk (n = 1, cuda_spmm_vector.h),
 // which needs no shared memory beyond a column of partial sums per warp.

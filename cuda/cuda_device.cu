@@ -27,6 +27,12 @@ cudaError_t query(int device, DeviceInfo* info) {
   err = cudaDeviceGetAttribute(&info->max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                device);
   if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&info->smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+                               device);
+  if (err != cudaSuccess) return err;
+  err =
+      cudaDeviceGetAttribute(&info->smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+  if (err != cudaSuccess) return err;
   int cluster_launch = 0;
   err = cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device);
   info->cluster_launch = cluster_launch != 0;

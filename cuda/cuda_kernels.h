@@ -53,6 +53,8 @@ struct DeviceInfo {
   int device = 0;
   int num_sms = 0;
   int max_smem_optin = 0;       // bytes of dynamic shared memory a block may opt in to
+  int smem_per_sm = 0;          // bytes of shared memory of a multiprocessor
+  int smem_reserved = 0;        // bytes of it that the runtime reserves for each thread block
   bool cluster_launch = false;  // thread-block clusters can be launched (sm_90 and later)
 };
 
@@ -60,8 +62,8 @@ struct DeviceInfo {
 cudaError_t device_info(cudaStream_t stream, DeviceInfo* info);
 
 // The SpMM kernel family: wide n (a thread block per line and 128-column tile of n), narrow n
-// (a warp per CSB block, for small n at block sizes up to 64) or tensor cores (a warp per CSB
-// block expanded into a dense tile, for 16-bit values at block sizes up to 64); see
+// (a warp per CSB block or band of its rows, for small n at block sizes up to 128) or tensor cores
+// (a warp per CSB block expanded into a dense tile, for 16-bit values at block sizes up to 64); see
 // cuda_config.h.
 enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor };
 

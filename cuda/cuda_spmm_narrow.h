@@ -19,10 +19,12 @@
 //   that share a column take turns in storage order.
 // At n = 1 the forward product is a matrix-vector product and takes a walk of its own
 // (cuda_spmm_vector.h), with the lanes over consecutive nonzeros instead of over rows.
-// The warps of a thread block take the line's positions in turn; at the end their partial
-// tiles are added in warp order and, when a cluster splits the line, in rank order through
-// distributed shared memory. Every sum has a fixed order: results are bitwise reproducible,
-// with no atomics and no workspace.
+// A unit of work is a band of a block's stored rows: the whole block, except in the transposed
+// product at beta 128, whose blocks hold four times the nonzeros of those of 64 and are cut
+// into four bands (NarrowShape). The warps of a thread block take the line's units in turn; at the
+// end their partial tiles are added in warp order and, when a cluster splits the line, in rank
+// order through distributed shared memory. Every sum has a fixed order: results are bitwise
+// reproducible, with no atomics and no workspace.
 #pragma once
 
 #include <cooperative_groups.h>
@@ -40,11 +42,14 @@ namespace narrow_detail {
 namespace cg = cooperative_groups;
 
 // The lane layout of a warp for a tile of kTile columns of n, at block size kBeta.
-template <int kBeta_, int kTile_, int kVec_>
+template <int kBeta_, int kTile_, int kVec_, int kBands_>
 struct NarrowShape {
   static constexpr int kBeta = kBeta_;
   static constexpr int kTile = kTile_;
   static constexpr int kVec = kVec_;  // columns of n per lane
+  // Units of work per block: bands of kBandRows stored rows.
+  static constexpr int kBands = kBands_;
+  static constexpr int kBandRows = kBeta / kBands;
   // Row stride, in floats, of a warp's staged slice and partial tile: 16-byte aligned rows,
   // skewed by four banks so that slots reading different rows spread over the banks.
   static constexpr int kStride = kTile + 4;
@@ -52,14 +57,15 @@ struct NarrowShape {
   static constexpr int kSlots = 32 / kGroup;   // nonzeros per warp instruction
   // Forward: output rows per slot (rows slot, slot + kSlots, ...), summed in registers.
   static constexpr int kRows = (kBeta + kSlots - 1) / kSlots;
-  // Floats of shared memory per warp: the staged slice (which also takes the partial tile at
-  // the end of a forward product) and the row starts (forward), or the slice and the partial
-  // tile (transposed).
+  // Floats of shared memory per warp: the staged slice of all beta input rows (which also
+  // takes the partial tile at the end of a forward product) and the row starts (forward), or
+  // the slice of the band's input rows and the partial tile (transposed).
   static constexpr int warp_floats(bool transpose) {
-    return transpose ? 2 * kBeta * kStride : kBeta * kStride + (kBeta + 4) / 4 * 4;
+    return transpose ? (kBandRows + kBeta) * kStride : kBeta * kStride + (kBeta + 4) / 4 * 4;
   }
   static_assert(kTile == 4 || kTile == 8 || kTile == 16 || kTile == 32, "tiles of 4 to 32");
   static_assert(kVec % 4 == 0 && kTile % kVec == 0, "lanes hold whole float4 pieces of a row");
+  static_assert(kBandRows % 4 == 0 && kBandRows * kBands == kBeta, "whole bands of 4k rows");
   static_assert(kRows * kVec <= 64, "a lane's forward sums fit in 64 registers (narrow_max_tile)");
 };
 
@@ -76,14 +82,15 @@ __device__ __forceinline__ float4 load4(const T* src, int valid, bool vec) {
   return make_float4(v[0], v[1], v[2], v[3]);
 }
 
-// slice[c][j] = D at input index in_base + c and column n0 + j, for c < beta and j < tile, as
+// slice[c][j] = D at input index in_base + c and column n0 + j, for c < kRows and j < tile, as
 // float32; zero outside the operand. Four values per lane and step, read along the operand's
 // contiguous axis (n for row-major D, the features for the batch-leading layout), kBatch steps
 // loaded before any is stored so that their latencies overlap.
-template <typename T, class S, bool kBatchLeading>
+template <typename T, class S, int kRows, bool kBatchLeading>
 __device__ __forceinline__ void stage_slice(const LineParams& p, float* slice, int64_t in_base,
                                             int64_t n0, bool vec) {
-  constexpr int kSteps = S::kBeta * S::kTile / 4, kBatch = 4;
+  static_assert(kRows % 4 == 0, "the batch-leading layout is read four input indices at a time");
+  constexpr int kSteps = kRows * S::kTile / 4, kBatch = 4;
   const T* dense = static_cast<const T*>(p.dense);
   const int lane = threadIdx.x % 32;
   for (int i0 = lane; i0 < kSteps; i0 += 32 * kBatch) {
@@ -157,6 +164,35 @@ __device__ __forceinline__ void find_row_starts(const uint16_t* local, int count
   __syncwarp();
 }
 
+// The number of the block's `count` nonzeros whose stored row is below `row`: a search of the
+// warp, which narrows the range 32-fold with each load. Unsorted (corrupt) indices still give a
+// count in [0, count].
+__device__ __forceinline__ int rows_below(const uint16_t* local, int count, int row) {
+  const int lane = threadIdx.x % 32;
+  int lo = 0, hi = count;  // the answer lies in [lo, hi]
+  while (hi > lo) {
+    const int step = (hi - lo + 31) / 32, k = lo + lane * step;
+    const bool below = k < hi && (__ldg(local + k) >> 8) < row;
+    const int probes = __popc(__ballot_sync(0xffffffffu, below));
+    if (probes == 0) break;  // the answer is lo
+    hi = std::min(hi, lo + probes * step);
+    lo += (probes - 1) * step + 1;
+  }
+  return lo;
+}
+
+// Narrows a block's nonzeros [e0, e1) to those of its stored rows [row0, row0 + rows): the
+// stored order is sorted by row. Rows past beta (corrupt) count to the last band.
+template <int kBeta>
+__device__ __forceinline__ void narrow_to_band(const uint16_t* local, int row0, int rows,
+                                               int64_t* e0, int64_t* e1) {
+  const int count = static_cast<int>(*e1 - *e0);
+  const int begin = row0 > 0 ? rows_below(local + *e0, count, row0) : 0;
+  const int end = row0 + rows < kBeta ? rows_below(local + *e0, count, row0 + rows) : count;
+  *e1 = *e0 + end;
+  *e0 += begin;
+}
+
 __device__ __forceinline__ void add4(float* dst, float4 v) {
   float4* d = reinterpret_cast<float4*>(dst);
   const float4 o = *d;
@@ -192,14 +228,15 @@ __device__ __forceinline__ void add_block_forward(const uint16_t* local, const T
   }
 }
 
-// Transposed: adds the products of one CSB block into the warp's partial tile, in waves of
-// kSlots consecutive nonzeros. Two nonzeros of a wave in one stored column (a column repeated
-// across rows, or a repeated position) add into one output row: they take turns in storage
-// order, so every output row sums in stored (row, col) order.
+// Transposed: adds the products of one band of a CSB block (stored rows row0 .., whose slice
+// `slice` holds) into the warp's partial tile, in waves of kSlots consecutive nonzeros. Two
+// nonzeros of a wave in one stored column (a column repeated across rows, or a repeated position)
+// add into one output row: they take turns in storage order, so every output row sums in stored
+// (row, col) order.
 template <typename T, class S>
 __device__ __forceinline__ void add_block_transposed(const uint16_t* local, const T* values,
-                                                     int count, const float* slice, float* part,
-                                                     int slot, int q) {
+                                                     int count, const float* slice, int row0,
+                                                     float* part, int slot, int q) {
   constexpr int kPieces = S::kVec / 4;
   for (int k0 = 0; k0 < count; k0 += S::kSlots) {
     const int k = k0 + slot;
@@ -207,10 +244,11 @@ __device__ __forceinline__ void add_block_transposed(const uint16_t* local, cons
     float v = 0.0f;
     if (k < count) {
       const uint16_t loc = __ldg(local + k);
-      r = loc >> 8;
+      r = (loc >> 8) - row0;
       c = loc & 0xff;
       v = to_float(__ldg(values + k));
-      if (r >= S::kBeta || c >= S::kBeta) c = -1;  // outside the block: corrupt, skipped
+      // Outside the band or the block: corrupt, skipped.
+      if (r < 0 || r >= S::kBandRows || c >= S::kBeta) c = -1;
     }
     // Lanes of earlier slots with the same column: the turn of this lane's nonzero.
     const unsigned same = __match_any_sync(0xffffffffu, c >= 0 ? c : 256 + slot);
@@ -237,7 +275,7 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
   float* slice = smem_f + warp * kWarpFloats;
   // The warp's partial tile: its own region when transposed; the slice's once the forward
   // walk is done.
-  float* part = kTranspose ? slice + kBeta * kStride : slice;
+  float* part = kTranspose ? slice + S::kBandRows * kStride : slice;
   int* start = reinterpret_cast<int*>(slice + kBeta * kStride);
 
   const auto [line, pos_begin, pos_end] = line_part(p);
@@ -247,8 +285,9 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
   const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
   const bool vec = addr % (4 * sizeof(T)) == 0 && row_len % 4 == 0;
 
+  const int64_t unit_begin = pos_begin * S::kBands, unit_end = pos_end * S::kBands;
   if (blockIdx.y == 0) {
-    prefetch_blocks(p, values, line, kTranspose, pos_begin + warp, pos_end, warps);
+    prefetch_blocks(p, values, line, kTranspose, S::kBands, unit_begin + warp, unit_end, warps);
   }
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
@@ -262,20 +301,27 @@ __global__ void __launch_bounds__(32 * kNarrowMaxWarps) narrow_kernel(const Line
     if (kTranspose) {
       for (int i = lane; i < kBeta * kStride; i += 32) part[i] = 0.0f;
     }
-    for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
+    for (int64_t unit = unit_begin + warp; unit < unit_end; unit += warps) {
+      const int64_t pos = unit / S::kBands;
+      const int row0 = static_cast<int>(unit % S::kBands) * S::kBandRows;
       int64_t e0, e1;
       block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
+      if (S::kBands > 1) narrow_to_band<kBeta>(p.local, row0, S::kBandRows, &e0, &e1);
       if (e0 >= e1) continue;
       const int count = static_cast<int>(e1 - e0);
-      stage_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
-      if (!kTranspose) find_row_starts<kBeta>(p.local + e0, count, start);
+      if constexpr (!kTranspose) {
+        stage_slice<T, S, kBeta, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+        find_row_starts<kBeta>(p.local + e0, count, start);
+      } else {
+        stage_slice<T, S, S::kBandRows, kBatchLeading>(p, slice, pos * kBeta + row0, n0, vec);
+      }
       __syncwarp();  // the slice (and the row starts) are read by other lanes
       if constexpr (!kTranspose) {
         add_block_forward<T, S>(p.local + e0, values + e0, count, start, slice, slot, q, acc);
       } else {
-        add_block_transposed<T, S>(p.local + e0, values + e0, count, slice, part, slot, q);
+        add_block_transposed<T, S>(p.local + e0, values + e0, count, slice, row0, part, slot, q);
       }
-      __syncwarp();  // the slice and the row starts are rewritten by the next block
+      __syncwarp();  // the slice and the row starts are rewritten by the next unit
     }
     if (!kTranspose) {
 #pragma unroll
@@ -307,23 +353,30 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
                    const SpmmOptions& options) {
   LineParams p{};
   set_line_params(a, &p);
-  // At most kNarrowSmemBudget bytes per thread block, so that two fit on a multiprocessor.
+  // At most narrow_smem_budget bytes per thread block, so that two fit on a multiprocessor
+  // (113 KiB on an H100: the transposed walk at beta 128 and tile 16 keeps 8 warps, and ran
+  // 1.2x faster than with 7 at 96 KiB).
   constexpr size_t kPerWarp = S::warp_floats(kTranspose) * sizeof(float);
-  constexpr int kMaxWarps = std::min<int>(kNarrowMaxWarps, kNarrowSmemBudget / kPerWarp);
-  static_assert(kMaxWarps >= 1, "a warp's tiles fit in the budget");
-  // Two blocks per warp; one at beta 128, whose blocks hold 4x the nonzeros of those of 64 (a
-  // line of 4096^2 then keeps 4 warps per thread block in a cluster of 8, not 2).
-  constexpr int kBlocksPerWarp = S::kBeta >= 128 ? 1 : 2;
+  const int max_warps =
+      static_cast<int>(std::clamp<size_t>(narrow_smem_budget(dev) / kPerWarp, 1, kNarrowMaxWarps));
+  // Two units per warp, one where a unit is a whole block of 128 (four times the nonzeros of
+  // one of 64).
+  constexpr int kUnitsPerWarp = S::kBandRows >= 128 ? 1 : 2;
   return launch_warp_lines<narrow_kernel<T, S, kTranspose, kBatchLeading>>(
-      p, S::kTile, kBlocksPerWarp, kMaxWarps, kPerWarp, /*max_carveout=*/false,
+      p, S::kTile, S::kBands, kUnitsPerWarp, max_warps, kPerWarp, /*max_carveout=*/false,
       /*spread=*/false, dev, stream, options);
 }
 
 // Lanes per nonzero: one lane holds up to 16 columns of n. Fewer lanes per nonzero mean more
 // nonzeros per instruction (per-nonzero work is most of the cost), at the price of wider
 // accumulators and, transposed, more nonzeros of a wave that share a column.
+// Bands: a transposed walk stages only its band's rows of the slice, so four bands at beta 128
+// give a line four times the units at less shared memory per warp. A forward walk needs the
+// whole slice for every band (its columns are the input), and ran slower cut into bands where
+// lines have many blocks (docs/performance.md, "Bands of rows").
 template <int kBeta, int kTile, bool kTranspose>
-using Shape = NarrowShape<kBeta, kTile, (kTile < 16 ? kTile : 16)>;
+using Shape =
+    NarrowShape<kBeta, kTile, (kTile < 16 ? kTile : 16), kTranspose && kBeta >= 128 ? 4 : 1>;
 
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
 cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,

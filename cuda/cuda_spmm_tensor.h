@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
                             reinterpret_cast<uintptr_t>(values) % 16 == 0;
 
   if (blockIdx.y == 0) {
-    prefetch_blocks(p, values, line, kTranspose, pos_begin + warp, pos_end, warps);
+    prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp, pos_end, warps);
   }
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
@@ -403,8 +403,8 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   set_line_params(a, &p);
   // The largest carveout: shared memory bounds the warps in flight (S::kMinBlocks).
   return launch_warp_lines<tensor_kernel<T, S, kTranspose, kBatchLeading>>(
-      p, kTile, /*blocks_per_warp=*/2, kTensorMaxWarps, S::kWarpBytes, /*max_carveout=*/true,
-      /*spread=*/false, dev, stream, options);
+      p, kTile, /*units_per_block=*/1, /*units_per_warp=*/2, kTensorMaxWarps, S::kWarpBytes,
+      /*max_carveout=*/true, /*spread=*/false, dev, stream, options);
 }
 
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>

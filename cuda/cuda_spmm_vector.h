@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(32 * kVectorMaxWarps) vector_kernel(const Line
   const T* vector = static_cast<const T*>(p.dense);
   const bool vec = reinterpret_cast<uintptr_t>(p.local) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(values) % 16 == 0;
-  prefetch_blocks(p, values, line, false, pos_begin + warp, pos_end, warps);
+  prefetch_blocks(p, values, line, false, /*parts=*/1, pos_begin + warp, pos_end, warps);
 
   for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
     int64_t e0, e1;
@@ -207,7 +207,7 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
   // 12.5 us; "n5d" in docs/performance.md). With more lines the rule stays: one thread block a
   // line without a cluster ran 7% slower on 11008 x 4096 in the harness.
   return launch_warp_lines<vector_detail::vector_kernel<T, kBeta>>(
-      p, /*tile=*/1, /*blocks_per_warp=*/1, kVectorMaxWarps, /*warp_smem=*/0,
+      p, /*tile=*/1, /*units_per_block=*/1, /*units_per_warp=*/1, kVectorMaxWarps, /*warp_smem=*/0,
       /*max_carveout=*/false, /*spread=*/true, dev, stream, options);
 }
 

@@ -189,15 +189,16 @@ int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& d
 }
 
 // Launches a kernel of the warp families (narrow n, tensor cores, the n = 1 walk), whose warps
-// each own whole CSB blocks of a line and add their partial results at the end: about
-// `blocks_per_warp` CSB blocks per warp, at most `max_warps` warps of `warp_smem` bytes of
-// dynamic shared memory each per thread block, n in tiles of `tile`, and a cluster that splits
-// the line when there are few lines (line_cluster). With `spread`, the cluster is first sized
+// each own whole units of a line's CSB blocks (`units_per_block` to a block: the block itself,
+// or bands of its rows) and add their partial results at the end: about `units_per_warp` units
+// per warp, at most `max_warps` warps of `warp_smem` bytes of dynamic shared memory each per
+// thread block, n in tiles of `tile`, and a cluster that splits the line when there are few
+// lines (line_cluster). With `spread`, the cluster is first sized
 // for one thread block per multiprocessor, and the rule of resident blocks applies only where
 // that gives no cluster of two or more.
 template <auto kKernel>
-cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, int max_warps,
-                              size_t warp_smem, bool max_carveout, bool spread,
+cudaError_t launch_warp_lines(LineParams p, int64_t tile, int units_per_block, int units_per_warp,
+                              int max_warps, size_t warp_smem, bool max_carveout, bool spread,
                               const DeviceInfo& dev, cudaStream_t stream,
                               const SpmmOptions& options) {
   const size_t max_smem = max_warps * warp_smem;
@@ -205,8 +206,8 @@ cudaError_t launch_warp_lines(LineParams p, int64_t tile, int blocks_per_warp, i
   cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, max_carveout);
   if (err != cudaSuccess) return err;
   auto warps = [&](int cluster) {
-    const int64_t positions = rank_positions(p.line_length, cluster);
-    return static_cast<int>(std::clamp<int64_t>(positions / blocks_per_warp, 1, max_warps));
+    const int64_t units = rank_positions(p.line_length, cluster) * units_per_block;
+    return static_cast<int>(std::clamp<int64_t>(units / units_per_warp, 1, max_warps));
   };
   // Counted as if launched without clusters: more blocks than fit at once in clusters, but
   // the sizes that this count gives measured faster for these kernels than those of the
@@ -354,17 +355,20 @@ __device__ __forceinline__ int64_t line_block(const LineParams& p, int64_t line,
   return line_block(p.block_cols, line, pos, transpose);
 }
 
-// Asks L2 for the nonzeros (local indices and values) of a warp's blocks, those at positions
-// first, first + step, ... below end of the line, each block's range split over the lanes: a
-// walk over them would otherwise wait on memory at every dependent load.
+// Asks L2 for the nonzeros (local indices and values) of a warp's units of a line, those
+// numbered first, first + step, ... below end, with `parts` units to a block (each taken as
+// that share of the block's nonzeros), split over the lanes: a walk over them would otherwise
+// wait on memory at every dependent load.
 template <typename T>
 __device__ __forceinline__ void prefetch_blocks(const LineParams& p, const T* values, int64_t line,
-                                                bool transpose, int64_t first, int64_t end,
-                                                int64_t step) {
+                                                bool transpose, int parts, int64_t first,
+                                                int64_t end, int64_t step) {
   const int lane = threadIdx.x % 32;
-  for (int64_t pos = first; pos < end; pos += step) {
-    int64_t e0, e1;
-    block_range(p.block_ptr, line_block(p, line, pos, transpose), p.nnz, &e0, &e1);
+  for (int64_t unit = first; unit < end; unit += step) {
+    int64_t b0, b1;
+    block_range(p.block_ptr, line_block(p, line, unit / parts, transpose), p.nnz, &b0, &b1);
+    const int64_t part = unit % parts;
+    const int64_t e0 = b0 + (b1 - b0) * part / parts, e1 = b0 + (b1 - b0) * (part + 1) / parts;
     const int64_t share = (e1 - e0 + 31) / 32;
     const int64_t lo = e0 + lane * share, hi = std::min(e1, lo + share);
     for (int64_t e = lo; e < hi; e += 128 / sizeof(T)) {
