@@ -193,9 +193,9 @@ int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& d
 // or bands of its rows) and add their partial results at the end: about `units_per_warp` units
 // per warp, at most `max_warps` warps of `warp_smem` bytes of dynamic shared memory each per
 // thread block, n in tiles of `tile`, and a cluster that splits the line when there are few
-// lines (line_cluster). With `spread`, the cluster is first sized
-// for one thread block per multiprocessor, and the rule of resident blocks applies only where
-// that gives no cluster of two or more.
+// lines (line_cluster). With `spread`, the cluster is first sized for one thread block per
+// multiprocessor, and the rule of resident blocks applies only where that gives no cluster of
+// two or more.
 template <auto kKernel>
 cudaError_t launch_warp_lines(LineParams p, int64_t tile, int units_per_block, int units_per_warp,
                               int max_warps, size_t warp_smem, bool max_carveout, bool spread,
