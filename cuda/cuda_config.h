@@ -81,10 +81,11 @@ struct SddmmConfig {
 // thread blocks fit on a multiprocessor.
 constexpr int kNarrowMaxBeta = 128;
 constexpr int kNarrowMaxTile = 32;
-// A forward walk keeps a warp's beta x tile sums in registers, at most 64 per lane: tiles of
-// 32 up to beta 64, of 16 at beta 128 (wider n runs in more tiles).
+// A forward walk keeps a warp's beta x tile sums in registers, at most kNarrowMaxLaneSums per
+// lane: tiles of 32 up to beta 64, of 16 at beta 128 (wider n runs in more tiles).
+constexpr int kNarrowMaxLaneSums = 64;
 constexpr int narrow_max_tile(int beta) {
-  return 64 * 32 / beta < kNarrowMaxTile ? 64 * 32 / beta : kNarrowMaxTile;
+  return std::min(kNarrowMaxLaneSums * 32 / beta, kNarrowMaxTile);
 }
 constexpr int kNarrowMaxWarps = 8;
 inline size_t narrow_smem_budget(const DeviceInfo& dev) {

@@ -296,9 +296,10 @@ bool vector_groups(const void* m, int64_t contiguous) {
   return contiguous % 4 == 0 && reinterpret_cast<uintptr_t>(m) % (4 * sizeof(T)) == 0;
 }
 
+// `grid` is region_grid(a.shape, Cfg::kRegion).
 template <typename T, class Cfg>
-cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
-                   const SddmmOptions& options) {
+cudaError_t launch(const SddmmArgs& a, const RegionGrid& grid, const DeviceInfo& dev,
+                   cudaStream_t stream, const SddmmOptions& options) {
   SddmmParams p{};
   p.block_ptr = a.block_ptr;
   p.local = a.local;
@@ -312,7 +313,6 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
   p.block_rows = a.shape.block_rows();
   p.block_cols = a.shape.block_cols();
   p.beta = a.shape.block_size;
-  const RegionGrid grid = region_grid(a.shape, Cfg::kRegion);
   p.region_cols = grid.cols;
   p.num_regions = grid.count();
   p.lhs_transposed = a.lhs_transposed;
@@ -342,16 +342,16 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
 // Units of 4 nonzeros keep twice the threads of a sparse region busy (1.2-1.6x faster than
 // units of 8 in 64 x 64 regions at 90-95% sparsity), where they fit in one pass of the threads
 // with a tenth to spare; otherwise they would take two passes over n (1.2-1.4x slower at 80%).
+// `grid` is region_grid(a.shape, kRegion).
 template <typename T, int kRegion>
-cudaError_t launch_region(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
-                          const SddmmOptions& options) {
+cudaError_t launch_region(const SddmmArgs& a, const RegionGrid& grid, const DeviceInfo& dev,
+                          cudaStream_t stream, const SddmmOptions& options) {
   using Fine = SddmmConfig<kRegion, 4>;
   // Mean units of a region: its nonzeros over kPer, plus half a unit per block.
-  const RegionGrid grid = region_grid(a.shape, kRegion);
   const int64_t blocks = grid.span * grid.span;
   const int64_t units = a.nnz / (grid.count() * Fine::kPer) + (blocks + 1) / 2;
-  if (10 * units <= 9 * Fine::kThreads) return launch<T, Fine>(a, dev, stream, options);
-  return launch<T, SddmmConfig<kRegion>>(a, dev, stream, options);
+  if (10 * units <= 9 * Fine::kThreads) return launch<T, Fine>(a, grid, dev, stream, options);
+  return launch<T, SddmmConfig<kRegion>>(a, grid, dev, stream, options);
 }
 
 // Regions of 128 x 128 share each staged value among twice the nonzeros of 64 x 64 ones, and
@@ -364,11 +364,12 @@ template <typename T>
 cudaError_t launch_for_beta(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                             const SddmmOptions& options) {
   const int beta = a.shape.block_size;
-  if (beta == 256) return launch_region<T, 256>(a, dev, stream, options);
-  if (beta == 128 || region_grid(a.shape, 128).count() >= dev.num_sms) {
-    return launch_region<T, 128>(a, dev, stream, options);
+  if (beta == 256) return launch_region<T, 256>(a, region_grid(a.shape, 256), dev, stream, options);
+  const RegionGrid grid128 = region_grid(a.shape, 128);
+  if (beta == 128 || grid128.count() >= dev.num_sms) {
+    return launch_region<T, 128>(a, grid128, dev, stream, options);
   }
-  return launch_region<T, 64>(a, dev, stream, options);
+  return launch_region<T, 64>(a, region_grid(a.shape, 64), dev, stream, options);
 }
 
 }  // namespace

@@ -46,19 +46,30 @@ struct SpmmParams : LineParams {
 };
 
 // The shared-memory arrays of the sort (sort_chunk): the sorted entries (input index, value
-// bits), the start of each output row among them, the row counts and the per-row bitmap of
-// input indices that they come from, and whether the chunk repeats a position. Where the
-// rows are dealt to the warps by weight (deal_rows), the sort runs by slots instead of rows:
-// slot warp * kRows + rr is the warp's accumulator rr, `slot` maps a row to its slot and
-// `rows` a slot to its row.
+// bits), the start of each slot's entries among them (RowSlots), the row counts and the per-row
+// bitmap of input indices that they come from, and whether the chunk repeats a position.
 struct SortArrays {
   int2* ent;
   int* start;
   int* counts;
   uint32_t* mask;
   int* repeats;
-  int* slot = nullptr;
-  int* rows = nullptr;
+};
+
+// The slots by which the sort orders a block's output rows: slot warp * kRows + rr is the
+// warp's accumulator rr. Each row is its own slot, or with kDealt the rows are dealt to the warps
+// by weight (deal_rows).
+template <bool kDealt>
+struct RowSlots {
+  __device__ int slot_of(int r) const { return r; }
+  __device__ int row_of(int s) const { return s; }
+};
+template <>
+struct RowSlots<true> {
+  int* slot;  // a row's slot
+  int* rows;  // a slot's row
+  __device__ int slot_of(int r) const { return slot[r]; }
+  __device__ int row_of(int s) const { return rows[s]; }
 };
 
 // Shared-memory layout of one thread block, in bytes.
@@ -101,11 +112,14 @@ struct SpmmSmem {
             reinterpret_cast<int*>(smem + kRepeatsOffset)};
   }
 
-  static __device__ SortArrays walk_sort_arrays(unsigned char* smem) {
-    SortArrays s = sort_arrays(smem);
-    s.slot = reinterpret_cast<int*>(smem + kWalkSlotOffset);
-    s.rows = reinterpret_cast<int*>(smem + kWalkRowsOffset);
-    return s;
+  template <bool kDealt>
+  static __device__ RowSlots<kDealt> walk_row_slots(unsigned char* smem) {
+    if constexpr (kDealt) {
+      return {reinterpret_cast<int*>(smem + kWalkSlotOffset),
+              reinterpret_cast<int*>(smem + kWalkRowsOffset)};
+    } else {
+      return {};
+    }
   }
 };
 
@@ -159,7 +173,7 @@ __device__ __noinline__ void cluster_range(const int32_t* block_ptr, int64_t nnz
   *end = first_hi < 0 ? length : first_hi;
 }
 
-// Deals the output rows of a block's nonzeros [e0, e1) to the warps' slots (SortArrays) so
+// Deals the output rows of a block's nonzeros [e0, e1) to the warps' slots (RowSlots) so
 // that each warp's share is about even: the rows, heaviest first, go to warps 0, 1, ..., W - 1,
 // then W - 1, ..., 0, and so on. A block's multiply ends with a barrier, so it takes as long as
 // its busiest warp, and with each warp owning kRows adjacent rows, pruned layers whose heavy
@@ -245,13 +259,12 @@ __device__ __forceinline__ void stage_tile(const SpmmParams& p, T* tile, int64_t
   }
 }
 
-// Sorts nonzeros [k0, k0 + count) of one block by output row into ent[] (input index, value
-// bits), with start[r] .. start[r + 1] the entries of output row r (of slot r, kDealt).
-// Nonzeros whose local index lies outside a beta x beta block are dropped. Ends without a
-// barrier.
+// Sorts nonzeros [k0, k0 + count) of one block by the slot of their output row into ent[]
+// (input index, value bits), with start[s] .. start[s + 1] the entries of slot s. Nonzeros whose
+// local index lies outside a beta x beta block are dropped. Ends without a barrier.
 template <typename T, class Cfg, bool kTranspose, bool kDealt>
 __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int count,
-                                           const SortArrays& s) {
+                                           const SortArrays& s, const RowSlots<kDealt>& slots) {
   constexpr int kBeta = Cfg::kBeta, kWords = Cfg::kMaskWords;
   int2* ent = s.ent;
   int *start = s.start, *counts = s.counts, *repeats = s.repeats;
@@ -271,7 +284,7 @@ __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int 
       const int out = kTranspose ? col : row, in = kTranspose ? row : col;
       val[j] = to_float(values[k0 + i]);
       if (out < kBeta && in < kBeta) {
-        key[j] = kDealt ? s.slot[out] : out;
+        key[j] = slots.slot_of(out);
         sub[j] = in;
       }
     }
@@ -395,11 +408,12 @@ __device__ __forceinline__ void multiply_chunk(const T* tile, const SortArrays& 
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading, bool kAwaitTile, bool kDealt>
 __device__ __forceinline__ void multiply_block(const SpmmParams& p, const T* tile, int64_t e0,
                                                int64_t e1, const SortArrays& sorted,
+                                               const RowSlots<kDealt>& slots,
                                                float (&acc)[Cfg::kRows][Cfg::kVec]) {
   for (int64_t k0 = e0; k0 < e1; k0 += Cfg::kChunk) {
     if (k0 != e0) __syncthreads();  // every warp is done with the previous chunk
     const int count = static_cast<int>(std::min<int64_t>(Cfg::kChunk, e1 - k0));
-    sort_chunk<T, Cfg, kTranspose, kDealt>(p, k0, count, sorted);
+    sort_chunk<T, Cfg, kTranspose>(p, k0, count, sorted, slots);
     if (kAwaitTile) cp_async_wait_all();
     __syncthreads();
     multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
@@ -412,7 +426,7 @@ __device__ __forceinline__ void multiply_block(const SpmmParams& p, const T* til
 // contiguous along the output's fastest axis.
 template <typename T, class Cfg, bool kBatchLeading, bool kDealt>
 __device__ __forceinline__ void write_tile(const SpmmParams& p, float* red,
-                                           const SortArrays& sorted,
+                                           const RowSlots<kDealt>& slots,
                                            const float (&acc)[Cfg::kRows][Cfg::kVec], int64_t line,
                                            int64_t n0) {
   using L = SpmmSmem<T, Cfg, kBatchLeading>;
@@ -421,7 +435,7 @@ __device__ __forceinline__ void write_tile(const SpmmParams& p, float* red,
 #pragma unroll
   for (int rr = 0; rr < Cfg::kRows; ++rr) {
     const int slot = warp * Cfg::kRows + rr;
-    float* dst = red + (kDealt ? sorted.rows[slot] : slot) * L::kRedStride;
+    float* dst = red + slots.row_of(slot) * L::kRedStride;
     if (kBatchLeading) {
 #pragma unroll
       for (int i = 0; i < Cfg::kVec; ++i) dst[lane + 32 * i] = acc[rr][i];
@@ -451,17 +465,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) walk_tiles_kernel(const SpmmPar
   if (line >= p.num_lines) return;
   T* const slot0 = reinterpret_cast<T*>(smem + L::kTileOffset);
   T* const slot1 = reinterpret_cast<T*>(smem + L::kWalkTileOffset);
-  const SortArrays sorted = L::walk_sort_arrays(smem);
+  const SortArrays sorted = L::sort_arrays(smem);
+  const RowSlots<kDealt> slots = L::template walk_row_slots<kDealt>(smem);
 
   int64_t t = blockIdx.y;
   if (t < p.num_tiles) stage_tile<T, Cfg, kBatchLeading>(p, slot0, 0, t * Cfg::kTileN);
   cp_async_commit();
   int64_t e0, e1;
   block_range(p.block_ptr, line_block(p, line, 0, kTranspose), p.nnz, &e0, &e1);
-  if (kDealt) deal_rows<Cfg, kTranspose>(p.local, e0, e1, sorted.counts, sorted.slot, sorted.rows);
+  if constexpr (kDealt) {
+    deal_rows<Cfg, kTranspose>(p.local, e0, e1, sorted.counts, slots.slot, slots.rows);
+  }
   const bool sorted_once = e1 - e0 <= Cfg::kChunk;
   if (sorted_once) {
-    sort_chunk<T, Cfg, kTranspose, kDealt>(p, e0, static_cast<int>(e1 - e0), sorted);
+    sort_chunk<T, Cfg, kTranspose>(p, e0, static_cast<int>(e1 - e0), sorted, slots);
   }
   for (int i = 0; t < p.num_tiles; ++i, t += gridDim.y) {
     T* const tile = i % 2 ? slot1 : slot0;
@@ -477,11 +494,10 @@ __global__ void __launch_bounds__(Cfg::kThreads) walk_tiles_kernel(const SpmmPar
     if (sorted_once) {
       multiply_chunk<T, Cfg, kBatchLeading>(tile, sorted, acc);
     } else {
-      multiply_block<T, Cfg, kTranspose, kBatchLeading, false, kDealt>(p, tile, e0, e1, sorted,
-                                                                       acc);
+      multiply_block<T, Cfg, kTranspose, kBatchLeading, false>(p, tile, e0, e1, sorted, slots, acc);
     }
-    write_tile<T, Cfg, kBatchLeading, kDealt>(p, reinterpret_cast<float*>(tile), sorted, acc, line,
-                                              t * Cfg::kTileN);
+    write_tile<T, Cfg, kBatchLeading>(p, reinterpret_cast<float*>(tile), slots, acc, line,
+                                      t * Cfg::kTileN);
   }
 }
 
@@ -493,6 +509,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
   T* tile = reinterpret_cast<T*>(smem + L::kTileOffset);
   float* red = reinterpret_cast<float*>(smem + L::kTileOffset);
   const SortArrays sorted = L::sort_arrays(smem);
+  const RowSlots<false> slots{};
   int* range = reinterpret_cast<int*>(smem + L::kRangeOffset);  // [begin, end) of positions
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -528,9 +545,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) spmm_kernel(const SpmmParams p)
       if (e0 >= e1) continue;
       __syncthreads();  // the previous block's compute is done with the tile and the sorted arrays
       stage_tile<T, Cfg, kBatchLeading>(p, tile, pos * kBeta, n0);
-      multiply_block<T, Cfg, kTranspose, kBatchLeading, true, false>(p, tile, e0, e1, sorted, acc);
+      multiply_block<T, Cfg, kTranspose, kBatchLeading, true>(p, tile, e0, e1, sorted, slots, acc);
     }
-    write_tile<T, Cfg, kBatchLeading, false>(p, red, sorted, acc, line, n0);
+    write_tile<T, Cfg, kBatchLeading>(p, red, slots, acc, line, n0);
   }
 }
 
