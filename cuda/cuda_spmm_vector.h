@@ -206,9 +206,15 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
   // four per multiprocessor of the narrow family's rule (bfloat16 4096^2 at 90%: 10.5 against
   // 12.5 us; "n5d" in docs/performance.md). With more lines the rule stays: one thread block a
   // line without a cluster ran 7% slower on 11008 x 4096 in the harness.
-  return launch_warp_lines<vector_detail::vector_kernel<T, kBeta>>(
-      p, /*tile=*/1, /*units_per_block=*/1, /*units_per_warp=*/1, kVectorMaxWarps, /*warp_smem=*/0,
-      /*max_carveout=*/false, /*spread=*/true, dev, stream, options);
+  constexpr WarpLaunch kFamily{/*tile=*/1,
+                               /*units_per_block=*/1,
+                               /*units_per_warp=*/1,
+                               /*max_warps=*/kVectorMaxWarps,
+                               /*warp_smem=*/0,
+                               /*max_carveout=*/false,
+                               /*slots=*/SlotCount::kOnePerSm};
+  return launch_warp_lines<vector_detail::vector_kernel<T, kBeta>>(p, kFamily, dev, stream,
+                                                                   options);
 }
 
 }  // namespace jaxcsb::cuda

@@ -188,49 +188,60 @@ int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& d
   return blocks;
 }
 
-// Launches a kernel of the warp families (narrow n, tensor cores, the n = 1 walk), whose warps
-// each own whole units of a line's CSB blocks (`units_per_block` to a block: the block itself,
-// or bands of its rows) and add their partial results at the end: about `units_per_warp` units
-// per warp, at most `max_warps` warps of `warp_smem` bytes of dynamic shared memory each per
-// thread block, n in tiles of `tile`, and a cluster that splits the line when there are few
-// lines (line_cluster). With `spread`, the cluster is first sized for one thread block per
-// multiprocessor, and the rule of resident blocks applies only where that gives no cluster of
-// two or more.
+// How a launch counts the thread blocks that the GPU holds at once when it sizes its cluster
+// (line_cluster).
+enum class SlotCount {
+  kUnclustered,  // as if launched without clusters: more than fit at once in clusters
+  kClustered,    // as a launch in clusters holds them (resident_on_gpu)
+  // One per multiprocessor first: where that gives clusters of two or more they stay, else the
+  // unclustered count decides.
+  kOnePerSm,
+};
+
+// The launch shape of a kernel family whose warps each own whole units of a line's CSB blocks
+// and add their partial results at the end (narrow n, tensor cores, the n = 1 walk).
+struct WarpLaunch {
+  int64_t tile;         // n in tiles of this many columns
+  int units_per_block;  // units of a CSB block: the block itself, or bands of its rows
+  int units_per_warp;   // about this many units per warp
+  int max_warps;        // at most this many warps per thread block
+  size_t warp_smem;     // bytes of dynamic shared memory per warp
+  bool max_carveout;    // shared memory bounds the occupancy: the largest carveout (allow_smem)
+  SlotCount slots;
+};
+
+// Launches a kernel of the warp families as `family` describes, with a cluster that splits the
+// line when there are few lines (line_cluster).
 template <auto kKernel>
-cudaError_t launch_warp_lines(LineParams p, int64_t tile, int units_per_block, int units_per_warp,
-                              int max_warps, size_t warp_smem, bool max_carveout, bool spread,
-                              const DeviceInfo& dev, cudaStream_t stream,
-                              const SpmmOptions& options) {
-  const size_t max_smem = max_warps * warp_smem;
+cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const DeviceInfo& dev,
+                              cudaStream_t stream, const SpmmOptions& options) {
+  const size_t max_smem = family.max_warps * family.warp_smem;
   if (max_smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, max_carveout);
+  cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, family.max_carveout);
   if (err != cudaSuccess) return err;
   auto warps = [&](int cluster) {
-    const int64_t units = rank_positions(p.line_length, cluster) * units_per_block;
-    return static_cast<int>(std::clamp<int64_t>(units / units_per_warp, 1, max_warps));
+    const int64_t units = rank_positions(p.line_length, cluster) * family.units_per_block;
+    return static_cast<int>(
+        std::clamp<int64_t>(units / family.units_per_warp, 1, family.max_warps));
   };
-  // Counted as if launched without clusters: more blocks than fit at once in clusters, but
-  // the sizes that this count gives measured faster for these kernels than those of the
-  // whole-cluster count, which made n = 16 up to 22% slower.
-  auto slots = [&](int cluster) {
-    const int w = warps(cluster);
-    return resident_on_gpu<kKernel>(1, 32 * w, w * warp_smem, dev);
-  };
-  p.num_tiles = ceil_div(p.n, tile);
+  p.num_tiles = ceil_div(p.n, family.tile);
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
   const int64_t blocks = p.num_lines * tiles_y;
-  p.cluster = 1;
-  if (spread && options.cluster <= 0) {
-    err = line_cluster(
-        0, dev, blocks, p.line_length, 2, [&](int) { return int64_t{dev.num_sms}; }, &p.cluster);
-    if (err != cudaSuccess) return err;
-  }
-  if (p.cluster == 1) {
-    err = line_cluster(options.cluster, dev, blocks, p.line_length, 2, slots, &p.cluster);
-    if (err != cudaSuccess) return err;
-  }
+  // Counting one block per multiprocessor gives clusters of two or more exactly where clusters
+  // of two fit so (and the line allows them); elsewhere it gives none, and the unclustered
+  // count decides instead.
+  const bool one_per_sm = family.slots == SlotCount::kOnePerSm && 2 * blocks <= dev.num_sms;
+  auto slots = [&](int cluster) -> int64_t {
+    if (one_per_sm) return dev.num_sms;
+    const int w = warps(cluster);
+    const int csize = family.slots == SlotCount::kClustered ? cluster : 1;
+    return resident_on_gpu<kKernel>(csize, 32 * w, w * family.warp_smem, dev);
+  };
+  err = line_cluster(options.cluster, dev, blocks, p.line_length, 2, slots, &p.cluster);
+  if (err != cudaSuccess) return err;
   const int w = warps(p.cluster);
-  return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, 32 * w, w * warp_smem, stream);
+  return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, 32 * w, w * family.warp_smem,
+                      stream);
 }
 
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -158,20 +158,34 @@ V* to_device(const std::vector<V>& h) {
   return d;
 }
 
+// The CSB arrays on the device; with `shift`, local and values start that many entries past
+// their allocations, as in a view into larger arrays (1: not 16-byte aligned).
 struct DeviceCsb {
   int32_t* block_ptr = nullptr;
   uint16_t* local = nullptr;
   uint8_t* values = nullptr;
-  explicit DeviceCsb(const HostCsb& m, DType t) {
+  DeviceCsb(const HostCsb& m, DType t, int shift = 0) {
     block_ptr = to_device(m.block_ptr);
-    local = to_device(m.local);
-    values = to_device(encode(t, m.values));
+    std::vector<uint16_t> l(shift, 0);
+    l.insert(l.end(), m.local.begin(), m.local.end());
+    std::vector<uint8_t> v(shift * dtype_size(t), 0), encoded = encode(t, m.values);
+    v.insert(v.end(), encoded.begin(), encoded.end());
+    local_base_ = to_device(l);
+    values_base_ = to_device(v);
+    local = local_base_ + shift;
+    values = values_base_ + shift * dtype_size(t);
   }
+  DeviceCsb(const DeviceCsb&) = delete;
+  DeviceCsb& operator=(const DeviceCsb&) = delete;
   ~DeviceCsb() {
     cudaFree(block_ptr);
-    cudaFree(local);
-    cudaFree(values);
+    cudaFree(local_base_);
+    cudaFree(values_base_);
   }
+
+ private:
+  uint16_t* local_base_ = nullptr;
+  uint8_t* values_base_ = nullptr;
 };
 
 std::vector<float> random_dense(size_t count, DType t, std::mt19937& rng) {
@@ -300,7 +314,7 @@ std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, b
 }
 
 void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch_leading,
-                const SpmmOptions& opt, std::mt19937& rng, const DeviceInfo& dev) {
+                const SpmmOptions& opt, std::mt19937& rng, const DeviceInfo& dev, int shift = 0) {
   CsbShape s = m.shape;
   s.transpose = transpose;
   const int64_t in_dim = s.in_dim(), out_dim = s.out_dim();
@@ -317,7 +331,7 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
       scale[at] += std::abs(prod);
     }
   }
-  DeviceCsb dm(m, t);
+  DeviceCsb dm(m, t, shift);
   uint8_t* dd = to_device(encode(t, dense));
   const size_t out_bytes = out_dim * n * dtype_size(t);
   uint8_t* dout = nullptr;
@@ -330,10 +344,11 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   const double err = rel_error(decode(t, bytes), ref, scale);
   char name[256];
   std::snprintf(name, sizeof name,
-                "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d %s tiles_per_block=%d",
+                "spmm %s %ldx%ld beta=%d nnz=%zu n=%ld %s %s cluster=%d %s tiles_per_block=%d "
+                "shift=%d",
                 dtype_name(t), long(m.shape.rows), long(m.shape.cols), m.shape.block_size,
                 m.values.size(), long(n), transpose ? "T" : "N", batch_leading ? "batch" : "feat",
-                opt.cluster, kernel_name(opt.kernel), opt.tiles_per_block);
+                opt.cluster, kernel_name(opt.kernel), opt.tiles_per_block, shift);
   report(name, err, tolerance(t), same, launch_error);
   cudaFree(dd);
   cudaFree(dout);
@@ -483,11 +498,25 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (int bl = 0; bl < 2; ++bl) {
-            check_spmm(repeats, t, n, tr, bl, {}, rng, dev);
-            check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kWide}, rng, dev);
-            check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
-            if (t != DType::kF32 && beta <= kTensorMaxBeta) {
-              check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
+            for (SpmmKernel k :
+                 {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
+              if (spmm_kernel_serves(k, beta, t != DType::kF32)) {
+                check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
+              }
+            }
+          }
+        }
+      }
+    }
+    // Local indices and values that are not 16-byte aligned: the kernels' 16-byte loads of
+    // them give way to loads of single entries.
+    for (int beta : tiny ? std::vector<int>{64} : std::vector<int>{32, 64, 128}) {
+      HostCsb m = random_csb(150, 140, beta, 0.3, t, rng);
+      for (int64_t n : {1, 16}) {
+        for (int tr = 0; tr < 2; ++tr) {
+          for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
+            if (spmm_kernel_serves(k, beta, t != DType::kF32)) {
+              check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
           }
         }
