@@ -509,7 +509,8 @@ int run_check(int level, const DeviceInfo& dev) {
       }
     }
     // Local indices and values that are not 16-byte aligned: the kernels' 16-byte loads of
-    // them give way to loads of single entries.
+    // them give way to loads of single entries. Forward in the feature-major layout, transposed
+    // in the batch-leading one.
     for (int beta : tiny ? std::vector<int>{64} : std::vector<int>{32, 64, 128}) {
       HostCsb m = random_csb(150, 140, beta, 0.3, t, rng);
       for (int64_t n : {1, 16}) {
