@@ -355,7 +355,7 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
 }
 
 void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt19937& rng,
-                 const DeviceInfo& dev, const SddmmOptions& opt = {}) {
+                 const DeviceInfo& dev, const SddmmOptions& opt = {}, int shift = 0) {
   const int64_t rows = m.shape.rows, cols = m.shape.cols;
   std::vector<float> lhs = random_dense(rows * n, t, rng), rhs = random_dense(cols * n, t, rng);
   std::vector<double> ref(m.values.size(), 0.0), scale(m.values.size(), 0.0);
@@ -367,7 +367,7 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
       scale[e] += std::abs(l * r);
     }
   }
-  DeviceCsb dm(m, t);
+  DeviceCsb dm(m, t, shift);
   uint8_t* dl = to_device(encode(t, lhs));
   uint8_t* dr = to_device(encode(t, rhs));
   const size_t out_bytes = m.values.size() * dtype_size(t);
@@ -381,9 +381,9 @@ void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt
   const double err = rel_error(decode(t, bytes), ref, scale);
   char name[256];
   std::snprintf(name, sizeof name,
-                "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d cluster=%d",
+                "sddmm %s %ldx%ld beta=%d nnz=%zu n=%ld lhs_t=%d rhs_t=%d cluster=%d shift=%d",
                 dtype_name(t), long(rows), long(cols), m.shape.block_size, m.values.size(), long(n),
-                lt, rt, opt.cluster);
+                lt, rt, opt.cluster, shift);
   report(name, err, tolerance(t), same, launch_error);
   cudaFree(dl);
   cudaFree(dr);
@@ -513,6 +513,7 @@ int run_check(int level, const DeviceInfo& dev) {
     // in the batch-leading one.
     for (int beta : tiny ? std::vector<int>{64} : std::vector<int>{32, 64, 128}) {
       HostCsb m = random_csb(150, 140, beta, 0.3, t, rng);
+      check_sddmm(m, t, 33, false, true, rng, dev, {}, /*shift=*/1);
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
