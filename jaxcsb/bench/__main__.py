@@ -27,7 +27,7 @@ from .._build import BLOCK_SIZES
 from . import report
 from .ceilings import measure_ceilings
 from .matrices import SYNTHETIC_KINDS, parse_shape
-from .peers import PEER_NAMES, PEERS, check_peer
+from .peers import PEER_NAMES, PEERS, check_peer_name
 from .presets import ALL_PEERS, PRESETS, Group, check_preset
 from .products import DTYPES, PRODUCTS, check_product
 from .runner import Settings, run_sweep
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--products", type=_list(str, check_product), help=f"from {PRODUCTS} (default all)"
     )
-    sweep.add_argument("--peers", type=_list(str, check_peer), help=f"from {PEER_NAMES}")
+    sweep.add_argument("--peers", type=_list(str, check_peer_name), help=f"from {PEER_NAMES}")
     sweep.add_argument(
         "--dlmc",
         help="DLMC directory, searched recursively for .smtx files (default: $JAXCSB_DLMC, "

@@ -91,12 +91,15 @@ class JaxCSB(Peer):
     name, short = "jaxcsb", "jaxcsb"
     label = "jaxcsb.csb_matmul / jaxcsb.sddmm, impl='auto' (native FFI kernels)"
 
+    def __init__(self, block_size: int | None = None):
+        self.block_size = block_size  # of the stored matrices (None: jaxcsb's default)
+
     def prepare(self, p, memo):
         m = p.matrix
         key = ("csb", p.dtype)
         if key not in memo:
             memo[key] = jaxcsb.CSB.from_coo(
-                m.row, m.col, p.values, m.shape, block_size=p.block_size
+                m.row, m.col, p.values, m.shape, block_size=self.block_size
             )
         a = memo[key]
         fns = {
@@ -434,7 +437,7 @@ PEERS = {peer.name: peer for peer in _PEERS}
 PEER_NAMES = tuple(PEERS)
 
 
-def check_peer(name: str) -> str:
+def check_peer_name(name: str) -> str:
     if name not in PEERS:
         raise ValueError(f"peer must be one of {PEER_NAMES}, got {name!r}")
     return name

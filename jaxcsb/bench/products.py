@@ -70,7 +70,6 @@ class Problem:
     values: np.ndarray  # the matrix's values rounded to dtype (numpy, dtype)
     operands: tuple  # dense operands (numpy, dtype), as in the table above
     reference: np.ndarray | None = None  # float64, canonical layout
-    block_size: int | None = None  # jaxcsb's block size for the matrix (None: its default)
 
     @property
     def useful_flops(self) -> float:
@@ -108,9 +107,7 @@ def operand_shapes(m: Matrix, n: int, product: str) -> tuple[tuple[int, int], ..
     }[check_product(product)]
 
 
-def make_problem(
-    m: Matrix, n: int, dtype, product: str, seed: int = 1, block_size: int | None = None
-) -> Problem:
+def make_problem(m: Matrix, n: int, dtype, product: str, seed: int = 1) -> Problem:
     """Draws the dense operands (standard normal, rounded to ``dtype``); no reference yet."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
@@ -119,7 +116,7 @@ def make_problem(
         for s in operand_shapes(m, n, product)
     )
     values = m.values.astype(dtype)
-    return Problem(m, int(n), dtype, product, values, operands, block_size=block_size)
+    return Problem(m, int(n), dtype, product, values, operands)
 
 
 def _host_sparse_reference(p: Problem) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import timing
 from .matrices import dlmc_files, dlmc_ns, dlmc_per_image, load_dlmc, synthetic
-from .peers import PEERS, NotApplicable
+from .peers import PEERS, JaxCSB, NotApplicable
 from .presets import Group
 from .products import (
     DTYPES,
@@ -265,6 +265,8 @@ def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(cases), unit="case", dynamic_ncols=True, leave=False)
+    # jaxcsb at the sweep's block size; the other peers as registered.
+    peers = {**PEERS, "jaxcsb": JaxCSB(settings.block_size)}
     current, m, memo = None, None, {}
     start = time.perf_counter()
     try:
@@ -282,14 +284,12 @@ def run_sweep(groups, settings: Settings, dlmc_dir=None, peer_filter=None):
                 current, m = spec, spec.load(settings.seed)
             if bar is not None:
                 bar.set_description(f"{m.name} N={n} {dtype} {product}"[-60:])
-            problem = make_problem(
-                m, n, DTYPES[dtype], product, seed=settings.seed + 1, block_size=settings.block_size
-            )
+            problem = make_problem(m, n, DTYPES[dtype], product, seed=settings.seed + 1)
             rec = _case_record(group, m, problem, attach_reference(problem))
             names = [p for p in group.peers if peer_filter is None or p in peer_filter]
             checked = {}
             for name in _peer_order(names):
-                peer_rec, timed = check_peer(PEERS[name], problem, memo, settings, group.cold_bytes)
+                peer_rec, timed = check_peer(peers[name], problem, memo, settings, group.cold_bytes)
                 rec["peers"][name] = peer_rec
                 if timed is not None:
                     checked[name] = (peer_rec, timed)
