@@ -335,10 +335,8 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   const bool vec_nonzeros = reinterpret_cast<uintptr_t>(p.local) % 16 == 0 &&
                             reinterpret_cast<uintptr_t>(values) % 16 == 0;
 
-  // The warp loads its first block at once; its later ones are asked into L2 meanwhile.
   if (blockIdx.y == 0) {
-    prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp + warps, pos_end,
-                    warps);
+    prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp, pos_end, warps);
   }
 
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {

@@ -366,16 +366,16 @@ __device__ __forceinline__ int64_t line_block(const LineParams& p, int64_t line,
   return line_block(p.block_cols, line, pos, transpose);
 }
 
-// Asks L2 for the nonzeros (local indices and values) of a warp's units of a line, those
-// numbered first, first + step, ... below end, with `parts` units to a block (each taken as
-// that share of the block's nonzeros), split over the lanes: a walk over them would otherwise
-// wait on memory at every dependent load.
+// Asks L2 for the nonzeros (local indices and values) of a warp's units of a line after its
+// first one, which the warp loads at once: those numbered first + step, first + 2 step, ...
+// below end, with `parts` units to a block (each taken as that share of the block's nonzeros),
+// split over the lanes. A walk over them would otherwise wait on memory at every dependent load.
 template <typename T>
 __device__ __forceinline__ void prefetch_blocks(const LineParams& p, const T* values, int64_t line,
                                                 bool transpose, int parts, int64_t first,
                                                 int64_t end, int64_t step) {
   const int lane = threadIdx.x % 32;
-  for (int64_t unit = first; unit < end; unit += step) {
+  for (int64_t unit = first + step; unit < end; unit += step) {
     int64_t b0, b1;
     block_range(p.block_ptr, line_block(p, line, unit / parts, transpose), p.nnz, &b0, &b1);
     const int64_t part = unit % parts;

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._dtypes import check_value_dtype
+from ._dtypes import HALF_DTYPES, check_value_dtype
 
 INT32_MAX = 2**31 - 1
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -48,7 +48,6 @@ def check_shape(shape) -> tuple[int, int]:
 # jax_enable_x64) runs in it, and the constructors reject the rest.
 GPU_MAX_DEFAULT_BLOCK_SIZE = 128
 GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT = 64  # the tensor-core kernels' largest block
-_16BIT = ("bfloat16", "float16")
 
 
 def _pow2_at_least(x: int) -> int:
@@ -83,7 +82,7 @@ def default_block_size(
     cap = max(16, _pow2_at_least(max(rows, cols)))
     if platform == "gpu":
         fill_cap = max(64, _pow2_at_least(min(rows, cols)))
-        sixteen = dtype.name in _16BIT
+        sixteen = dtype in HALF_DTYPES
         dtype_cap = GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT if sixteen else GPU_MAX_DEFAULT_BLOCK_SIZE
         cap = min(cap, dtype_cap, fill_cap)
     for beta in BLOCK_SIZES:

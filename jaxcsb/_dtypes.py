@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-SUPPORTED_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+# The 16-bit value types, whose products run on tensor cores on a GPU.
+HALF_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+SUPPORTED_DTYPES = (np.dtype(jnp.float32), *HALF_DTYPES)
 _NAMES = "float32, bfloat16 or float16"
 
 
