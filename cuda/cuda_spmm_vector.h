@@ -204,8 +204,9 @@ cudaError_t launch_spmv(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
   // memory is static (a column of partial sums per warp). Clusters spread for one thread block
   // per multiprocessor where they can: this walk ran up to 22% faster so than with the two to
   // four per multiprocessor of the narrow family's rule (bfloat16 4096^2 at 90%: 10.5 against
-  // 12.5 us; "n5d" in docs/performance.md). With more lines the rule stays: one thread block a
-  // line without a cluster ran 7% slower on 11008 x 4096 in the harness.
+  // 12.5 us; "n5d" in docs/performance.md). Clusters of two where the lines outnumber the
+  // multiprocessors by less than half: bfloat16 11008 x 4096 (172 lines) at 90% took 20.0 us
+  // so, 22.3 in one thread block a line.
   constexpr WarpLaunch kFamily{/*tile=*/1,
                                /*units_per_block=*/1,
                                /*units_per_warp=*/1,

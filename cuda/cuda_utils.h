@@ -193,7 +193,9 @@ int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& d
 enum class SlotCount {
   kUnclustered,  // as if launched without clusters: more than fit at once in clusters
   kClustered,    // as a launch in clusters holds them (resident_on_gpu)
-  // One per multiprocessor first: where that gives clusters of two or more they stay, else the
+  // One per multiprocessor first: where that gives clusters of two or more they stay. Where
+  // the lines outnumber the multiprocessors by less than half, clusters of two: with a thread
+  // block a line, some multiprocessors would walk two lines and the rest one. Else the
   // unclustered count decides.
   kOnePerSm,
 };
@@ -237,7 +239,10 @@ cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const Devi
     const int csize = family.slots == SlotCount::kClustered ? cluster : 1;
     return resident_on_gpu<kKernel>(csize, 32 * w, w * family.warp_smem, dev);
   };
-  err = line_cluster(options.cluster, dev, blocks, p.line_length, 2, slots, &p.cluster);
+  const bool halves = family.slots == SlotCount::kOnePerSm && blocks > dev.num_sms &&
+                      2 * blocks < 3 * dev.num_sms && p.line_length >= 4 && dev.cluster_launch;
+  const int requested = options.cluster == 0 && halves ? 2 : options.cluster;
+  err = line_cluster(requested, dev, blocks, p.line_length, 2, slots, &p.cluster);
   if (err != cudaSuccess) return err;
   const int w = warps(p.cluster);
   return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, 32 * w, w * family.warp_smem,
