@@ -101,6 +101,19 @@ def test_stall_in_one_reading_does_not_stop_the_calibration(clock):
     assert _products(outer) * PRODUCT_S >= 0.5 * TARGET_S
 
 
+def test_stalls_in_both_readings_are_caught_by_the_repeats(clock):
+    # The warm-up pair runs clean; then both readings of the calibration's first count stall
+    # for 20 ms, so it stops at 9 products a call, which the repeats time in 0.9 ms: far below
+    # what the calibration read. It calibrates again from twice the count, and times again.
+    loop = _FakeLoop(clock, extra=[0.0, 0.0, 0.02, 0.0, 0.02])
+    t = loop.measure(0.01, TARGET_S, 0.1, 4096)  # a start of 1
+    outers = loop.product_outers()
+    assert outers[:3] == [1, 1, 1]  # warm-up, the stalled reading, taken again
+    assert 2 in outers and max(outers) == 13  # calibrated again from 2, scaled to the target
+    assert t.inner == _products(13) and _products(13) * PRODUCT_S >= 0.5 * TARGET_S
+    assert t.ms == pytest.approx(PRODUCT_S * 1e3)
+
+
 def test_product_too_fast_for_the_target_stops_at_the_cap(clock):
     # 1 ns a product: every difference is below the noise floor, so the trip count doubles
     # up to the cap (and no further) within the step limit.

@@ -13,7 +13,8 @@ Three methods (docs/benchmarks.md explains the choice):
   interleaved with it and is subtracted: what remains is the products' time, free of dispatch
   and loop overhead. Each iteration may cycle through ``copies`` separate copies of the stored
   matrix, so that they do not stay resident in the L2 cache. The trip count is calibrated
-  once per timer (``_trip_count``) and reused by every round.
+  once per timer (``_trip_count``) and reused by every round; again, once, where the first
+  repeats take far less than the calibration read.
 * ``calls`` (JAX, default on CPUs): each repeat is one call followed by
   ``block_until_ready``; CPU products take milliseconds, so dispatch is noise.
 * ``dispatch`` (JAX, the fallback when the loop program fails): ``inner`` calls queued back to
@@ -185,15 +186,27 @@ class _JaxLoop:
         bare, _ = _wall(lambda: self._call(empty, none, outer))
         return total, bare
 
+    @staticmethod
+    def _repeats(pair, calibrated, budget_s) -> tuple[list[float], list[float]]:
+        """The differences and the empty program's times of the timed pairs at the
+        calibrated trip count."""
+        outer, pair_s = calibrated
+        diffs, empties = [], []
+        for _ in range(_clamp(budget_s / max(pair_s, 1e-6), 3, 30)):
+            total, bare = pair(outer)
+            diffs.append(total - bare)
+            empties.append(bare)
+        return diffs, empties
+
     def measure(self, est, target_s, budget_s, max_inner) -> Timing:
         empty, none = _empty_program(), [None] * self.copies
         pair = functools.partial(self._pair, empty, none)
         # Calibrated in the first round only: the later rounds time the same programs on the
         # same operands, and recalibrating would repeat the cost (and the risk) each round.
         key = (target_s, max_inner)
+        per_round = UNROLL * self.copies
+        cap = max(1, max_inner // per_round)
         if key not in self._calibrated:
-            per_round = UNROLL * self.copies
-            cap = max(1, max_inner // per_round)
             # One call costs dispatch and the operand copy besides the product, so the
             # single-call estimate makes a start that is too small rather than too large.
             start = _clamp(target_s / (est * per_round), 1, cap)
@@ -201,14 +214,16 @@ class _JaxLoop:
             # across peers) must not be read as the products' time or as its absence.
             pair(start)
             self._calibrated[key] = _trip_count(pair, start, cap, per_round, target_s)
-        outer, pair_s = self._calibrated[key]
-        products = 1 + outer * UNROLL * self.copies
-        reps = _clamp(budget_s / max(pair_s, 1e-6), 3, 30)
-        diffs, empties = [], []
-        for _ in range(reps):
-            total, bare = pair(outer)
-            diffs.append(total - bare)
-            empties.append(bare)
+        diffs, empties = self._repeats(pair, self._calibrated[key], budget_s)
+        if statistics.median(diffs) < 0.25 * target_s and self._calibrated[key][0] < cap:
+            # The repeats took far less than the calibration read: stalls lengthened both of
+            # its readings (a 28 us product once timed 33 to a call, its repeats spread by
+            # 1.5x and the fastest read 0). Calibrated again from twice the count, once.
+            outer = self._calibrated[key][0]
+            self._calibrated[key] = _trip_count(pair, min(2 * outer, cap), cap, per_round, target_s)
+            diffs, empties = self._repeats(pair, self._calibrated[key], budget_s)
+        outer = self._calibrated[key][0]
+        products = 1 + outer * per_round
         diff = statistics.median(diffs)
         if diff <= 0:
             raise RuntimeError(
@@ -217,7 +232,7 @@ class _JaxLoop:
             )
         return Timing(
             diff / products * 1e3,
-            reps,
+            len(diffs),
             products,
             self.copies,
             "loop",
