@@ -193,11 +193,7 @@ int64_t resident_on_gpu(int csize, int threads, size_t smem, const DeviceInfo& d
 enum class SlotCount {
   kUnclustered,  // as if launched without clusters: more than fit at once in clusters
   kClustered,    // as a launch in clusters holds them (resident_on_gpu)
-  // One per multiprocessor first: where that gives clusters of two or more they stay. Where
-  // the lines outnumber the multiprocessors by less than half, clusters of two: with a thread
-  // block a line, some multiprocessors would walk two lines and the rest one. Else the
-  // unclustered count decides.
-  kOnePerSm,
+  kOnePerSm,     // one per multiprocessor first, else unclustered (one_per_sm_cluster)
 };
 
 // The launch shape of a kernel family whose warps each own whole units of a line's CSB blocks
@@ -211,6 +207,23 @@ struct WarpLaunch {
   bool max_carveout;    // shared memory bounds the occupancy: the largest carveout (allow_smem)
   SlotCount slots;
 };
+
+// The cluster that SlotCount::kOnePerSm takes for `blocks` thread blocks (lines x n-tiles) of
+// lines of `line_length` positions, before any count of resident blocks: the largest that keeps
+// one thread block per multiprocessor where that allows clusters of two or more; 2 where the
+// lines outnumber the multiprocessors by less than half (with a thread block a line, some
+// multiprocessors would walk two lines and the rest one); else 0, and the unclustered count
+// decides.
+inline int one_per_sm_cluster(const DeviceInfo& dev, int64_t blocks, int64_t line_length) {
+  int c = 0;
+  if (2 * blocks <= dev.num_sms) {
+    line_cluster(0, dev, blocks, line_length, 2, [&](int) { return int64_t{dev.num_sms}; }, &c);
+  } else if (blocks > dev.num_sms && 2 * blocks < 3 * dev.num_sms && line_length >= 4 &&
+             dev.cluster_launch) {
+    c = 2;
+  }
+  return c > 1 ? c : 0;
+}
 
 // Launches a kernel of the warp families as `family` describes, with a cluster that splits the
 // line when there are few lines (line_cluster).
@@ -229,19 +242,15 @@ cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const Devi
   p.num_tiles = ceil_div(p.n, family.tile);
   const int64_t tiles_y = std::min<int64_t>(p.num_tiles, 65535);
   const int64_t blocks = p.num_lines * tiles_y;
-  // Counting one block per multiprocessor gives clusters of two or more exactly where clusters
-  // of two fit so (and the line allows them); elsewhere it gives none, and the unclustered
-  // count decides instead.
-  const bool one_per_sm = family.slots == SlotCount::kOnePerSm && 2 * blocks <= dev.num_sms;
   auto slots = [&](int cluster) -> int64_t {
-    if (one_per_sm) return dev.num_sms;
     const int w = warps(cluster);
     const int csize = family.slots == SlotCount::kClustered ? cluster : 1;
     return resident_on_gpu<kKernel>(csize, 32 * w, w * family.warp_smem, dev);
   };
-  const bool halves = family.slots == SlotCount::kOnePerSm && blocks > dev.num_sms &&
-                      2 * blocks < 3 * dev.num_sms && p.line_length >= 4 && dev.cluster_launch;
-  const int requested = options.cluster == 0 && halves ? 2 : options.cluster;
+  int requested = options.cluster;
+  if (requested <= 0 && family.slots == SlotCount::kOnePerSm) {
+    requested = one_per_sm_cluster(dev, blocks, p.line_length);
+  }
   err = line_cluster(requested, dev, blocks, p.line_length, 2, slots, &p.cluster);
   if (err != cudaSuccess) return err;
   const int w = warps(p.cluster);

@@ -187,10 +187,9 @@ class _JaxLoop:
         return total, bare
 
     @staticmethod
-    def _repeats(pair, calibrated, budget_s) -> tuple[list[float], list[float]]:
-        """The differences and the empty program's times of the timed pairs at the
-        calibrated trip count."""
-        outer, pair_s = calibrated
+    def _repeats(pair, outer, pair_s, budget_s) -> tuple[list[float], list[float]]:
+        """The differences and the empty program's times of the timed pairs at trip count
+        ``outer``, as many as ``budget_s`` allows for pairs of ``pair_s`` seconds (3 to 30)."""
         diffs, empties = [], []
         for _ in range(_clamp(budget_s / max(pair_s, 1e-6), 3, 30)):
             total, bare = pair(outer)
@@ -214,15 +213,17 @@ class _JaxLoop:
             # across peers) must not be read as the products' time or as its absence.
             pair(start)
             self._calibrated[key] = _trip_count(pair, start, cap, per_round, target_s)
-        diffs, empties = self._repeats(pair, self._calibrated[key], budget_s)
-        if statistics.median(diffs) < 0.25 * target_s and self._calibrated[key][0] < cap:
+        outer, pair_s = self._calibrated[key]
+        diffs, empties = self._repeats(pair, outer, pair_s, budget_s)
+        if statistics.median(diffs) < 0.25 * target_s and outer < cap:
             # The repeats took far less than the calibration read: stalls lengthened both of
             # its readings (a 28 us product once timed 33 to a call, its repeats spread by
             # 1.5x and the fastest read 0). Calibrated again from twice the count, once.
-            outer = self._calibrated[key][0]
-            self._calibrated[key] = _trip_count(pair, min(2 * outer, cap), cap, per_round, target_s)
-            diffs, empties = self._repeats(pair, self._calibrated[key], budget_s)
-        outer = self._calibrated[key][0]
+            start = min(2 * outer, cap)
+            outer, pair_s = self._calibrated[key] = _trip_count(
+                pair, start, cap, per_round, target_s
+            )
+            diffs, empties = self._repeats(pair, outer, pair_s, budget_s)
         products = 1 + outer * per_round
         diff = statistics.median(diffs)
         if diff <= 0:
