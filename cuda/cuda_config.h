@@ -119,7 +119,7 @@ constexpr bool narrow_n_preferred(long long n, int beta, double density, bool tr
 }
 
 // Tensor-core SpMM (cuda_spmm_tensor.h): 16-bit values, a warp per CSB block expanded into a
-// dense tile, at block sizes up to kTensorMaxBeta; at most kTensorMaxWarps warps (20 KiB of
+// dense tile, at block sizes up to kTensorMaxBeta; at most kTensorMaxWarps warps (12-18 KiB of
 // shared memory each at beta 64) per thread block.
 constexpr int kTensorMaxBeta = 64;
 constexpr int kTensorMaxWarps = 4;

@@ -49,19 +49,23 @@ struct TensorShape {
   // The slice of D as stored: [in][n] for row-major D, [n][in] for the batch-leading layout.
   static constexpr int kBStride = kBatchLeading ? kBeta + 8 : kTile + 8;
   static constexpr int kBRows = kBatchLeading ? kTile : kBeta;
-  // The warp's float32 partial tile at the end, [out][n]; it reuses the expanded block's space.
-  static constexpr int kPartStride = kTile + 4;
+  // The warp's float32 partial tile at the end, [out][n], kPartWidth columns at a time (a lane
+  // per column in the exact path); it reuses the expanded block's space.
+  static constexpr int kPartWidth = std::min(kTile, 32);
+  static constexpr int kParts = kTile / kPartWidth;
+  static constexpr int kPartStride = kPartWidth + 4;
   static constexpr size_t kTileBytes =
       std::max<size_t>(size_t{kBeta} * kAStride * 2, size_t{kBeta} * kPartStride * 4);
   static constexpr size_t kSliceBytes = size_t{kBRows} * kBStride * 2;
   // The expanded block (or the partial tile), then the slice of D.
   static constexpr size_t kWarpBytes = kTileBytes + kSliceBytes;
   // Thread blocks per multiprocessor that the registers must allow (4 warps each): the most
-  // that the shared memory holds.
-  static constexpr int kMinBlocks = kTile == 16 ? 4 : 3;
+  // that the shared memory holds, but 2 for 64 columns, whose accumulators alone take 128
+  // registers a thread (3 would spill).
+  static constexpr int kMinBlocks = kTile == 16 ? 4 : kTile == 32 ? 3 : 2;
 
   static_assert(kBeta == 16 || kBeta == 32 || kBeta == 64, "block sizes 16, 32 and 64");
-  static_assert(kTile == 16 || kTile == 32, "tiles of 16 or 32 columns (a lane per column)");
+  static_assert(kTile == 16 || kTile == 32 || kTile == 64, "tiles of 16, 32 or 64 columns");
   static_assert(kTileBytes % 16 == 0 && kWarpBytes % 16 == 0, "16-byte aligned regions");
 };
 
@@ -303,14 +307,14 @@ __device__ __forceinline__ void multiply_block(const T* a, const T* slice,
 // nonzeros only, a lane per column of n, in storage order.
 template <typename T, class S, bool kTranspose, bool kBatchLeading>
 __device__ __forceinline__ void add_block_exact(const uint16_t* local, const T* values, int count,
-                                                const T* slice, float* part) {
-  const int lane = threadIdx.x % 32;
-  if (lane >= S::kTile) return;
+                                                const T* slice, int col0, float* part) {
+  const int lane = threadIdx.x % 32, col = col0 + lane;
+  if (lane >= S::kPartWidth) return;
   for (int i = 0; i < count; ++i) {
     const uint16_t l = __ldg(local + i);
     const int o = local_out(l, kTranspose), in = local_in(l, kTranspose);
     if (o >= S::kBeta || in >= S::kBeta) continue;
-    const T d = kBatchLeading ? slice[lane * S::kBStride + in] : slice[in * S::kBStride + lane];
+    const T d = kBatchLeading ? slice[col * S::kBStride + in] : slice[in * S::kBStride + col];
     part[o * S::kPartStride + lane] += to_float(values[i]) * to_float(d);
   }
 }
@@ -377,38 +381,46 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
         for (int i = 0; i < 4; ++i) finite &= isfinite(acc[s][nt][i]);
       }
     }
-    if (__all_sync(0xffffffffu, finite)) {
-      // The accumulator layout of mma.m16n8k16: lane l holds rows l / 4 and l / 4 + 8 of its
-      // strip, columns 2 (l % 4) and 2 (l % 4) + 1 of its 8-column piece.
-      const int g = lane / 4, c = 2 * (lane % 4);
+    const bool all_finite = __all_sync(0xffffffffu, finite);
+    // The tile's columns kPartWidth at a time through the warp's partial tile.
 #pragma unroll
-      for (int s = 0; s < S::kStrips; ++s) {
+    for (int h = 0; h < S::kParts; ++h) {
+      const int col0 = h * S::kPartWidth;
+      if (all_finite) {
+        // The accumulator layout of mma.m16n8k16: lane l holds rows l / 4 and l / 4 + 8 of its
+        // strip, columns 2 (l % 4) and 2 (l % 4) + 1 of its 8-column piece.
+        const int g = lane / 4, c = 2 * (lane % 4);
+        constexpr int kPieces = S::kPartWidth / 8;
 #pragma unroll
-        for (int nt = 0; nt < S::kNTiles; ++nt) {
-          float* dst = part + (s * 16 + g) * S::kPartStride + nt * 8 + c;
-          *reinterpret_cast<float2*>(dst) = make_float2(acc[s][nt][0], acc[s][nt][1]);
-          *reinterpret_cast<float2*>(dst + 8 * S::kPartStride) =
-              make_float2(acc[s][nt][2], acc[s][nt][3]);
+        for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+          for (int j = 0; j < kPieces; ++j) {
+            const float (&v)[4] = acc[s][h * kPieces + j];
+            float* dst = part + (s * 16 + g) * S::kPartStride + j * 8 + c;
+            *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
+            *reinterpret_cast<float2*>(dst + 8 * S::kPartStride) = make_float2(v[2], v[3]);
+          }
+        }
+      } else {
+        for (int i = lane; i < kBeta * S::kPartStride; i += 32) part[i] = 0.0f;
+        for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
+          int64_t e0, e1;
+          block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
+          if (e0 >= e1) continue;
+          __syncwarp();
+          copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+          cp_async_wait_all();
+          __syncwarp();
+          add_block_exact<T, S, kTranspose, kBatchLeading>(
+              p.local + e0, values + e0, static_cast<int>(e1 - e0), slice, col0, part);
         }
       }
-    } else {
-      for (int i = lane; i < kBeta * S::kPartStride; i += 32) part[i] = 0.0f;
-      for (int64_t pos = pos_begin + warp; pos < pos_end; pos += warps) {
-        int64_t e0, e1;
-        block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
-        if (e0 >= e1) continue;
-        __syncwarp();
-        copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
-        cp_async_wait_all();
-        __syncwarp();
-        add_block_exact<T, S, kTranspose, kBatchLeading>(p.local + e0, values + e0,
-                                                         static_cast<int>(e1 - e0), slice, part);
-      }
-    }
 
-    float* sum = reinterpret_cast<float*>(smem_b);  // warp 0's partial tile
-    add_warp_tiles(sum, S::kWarpBytes / 4, kBeta, S::kTile, S::kPartStride);
-    write_line_tile<T, kBeta, S::kTile, S::kPartStride, kBatchLeading>(p, sum, line, n0);
+      float* sum = reinterpret_cast<float*>(smem_b);  // warp 0's partial tile
+      add_warp_tiles(sum, S::kWarpBytes / 4, kBeta, S::kPartWidth, S::kPartStride);
+      write_line_tile<T, kBeta, S::kPartWidth, S::kPartStride, kBatchLeading>(p, sum, line,
+                                                                              n0 + col0);
+    }
   }
 }
 
@@ -433,10 +445,34 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
                                                                            options);
 }
 
+// Waves of thread blocks that the kTile-column kernel takes without clusters, at the most warps
+// a thread block (a thread block per line and tile); INT64_MAX where it cannot run.
+template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
+int64_t waves(const SpmmArgs& a, const DeviceInfo& dev) {
+  using S = TensorShape<kBeta, kTile, kBatchLeading>;
+  constexpr auto kKernel = tensor_kernel<T, S, kTranspose, kBatchLeading>;
+  constexpr size_t kSmem = kTensorMaxWarps * S::kWarpBytes;
+  if (kSmem > static_cast<size_t>(dev.max_smem_optin) ||
+      allow_smem<kKernel>(dev.device, kSmem, /*max_carveout=*/true) != cudaSuccess) {
+    return INT64_MAX;
+  }
+  const int64_t slots = resident_on_gpu<kKernel>(1, 32 * kTensorMaxWarps, kSmem, dev);
+  return ceil_div(a.shape.num_lines() * ceil_div(a.n, int64_t{kTile}), slots);
+}
+
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
 cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                         const SpmmOptions& options) {
   if (a.n <= 16) return launch<T, kBeta, 16, kTranspose, kBatchLeading>(a, dev, stream, options);
+  // A 64-column tile expands each block once for twice the columns, in about 1.5x the time of a
+  // 32-column one, but its 128 accumulator registers a thread hold two thread blocks per
+  // multiprocessor instead of three. So it pays only where it takes fewer waves: bfloat16 4096^2
+  // at 90%, n = 256 (one wave against two) 0.71-0.77x the time, n = 1024 0.86-0.94x; at as many
+  // waves 1.1-1.3x (n = 64, 192, 320, 384).
+  if (waves<T, kBeta, 64, kTranspose, kBatchLeading>(a, dev) <
+      waves<T, kBeta, 32, kTranspose, kBatchLeading>(a, dev)) {
+    return launch<T, kBeta, 64, kTranspose, kBatchLeading>(a, dev, stream, options);
+  }
   return launch<T, kBeta, 32, kTranspose, kBatchLeading>(a, dev, stream, options);
 }
 
