@@ -1,4 +1,6 @@
-// CUDA SDDMM: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e) of S.
+// CUDA SDDMM: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e) of S. 16-bit values
+// at block sizes up to 64 run on tensor cores (cuda_sddmm_tensor.h); this file's kernel serves
+// the rest.
 //
 // A thread block owns a square region of S, kRegion x kRegion (whole CSB blocks), and walks n
 // in tiles of 32. Per tile it stages the region's rows of L and columns of R in shared memory
@@ -31,6 +33,7 @@
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
+#include "cuda_sddmm_tensor.h"
 #include "cuda_utils.h"
 
 namespace jaxcsb::cuda {
@@ -384,8 +387,21 @@ cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStrea
   }
   const int beta = args.shape.block_size;
   if (beta < 16 || beta > 256 || (beta & (beta - 1)) != 0) return cudaErrorInvalidValue;
-  return dispatch_dtype(args.dtype, [&](auto tag) {
-    return launch_for_beta<decltype(tag)>(args, dev, stream, options);
+  return dispatch_dtype(args.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    if constexpr (sizeof(T) == 2) {
+      if (tensor_sddmm_preferred(beta, /*half_precision=*/true, options.cluster)) {
+        switch (beta) {
+          case 16:
+            return launch_sddmm_tensor<T, 16>(args, dev, stream);
+          case 32:
+            return launch_sddmm_tensor<T, 32>(args, dev, stream);
+          case 64:
+            return launch_sddmm_tensor<T, 64>(args, dev, stream);
+        }
+      }
+    }
+    return launch_for_beta<T>(args, dev, stream, options);
   });
 }
 

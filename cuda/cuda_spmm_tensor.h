@@ -30,6 +30,7 @@
 
 #include "cuda_config.h"
 #include "cuda_kernels.h"
+#include "cuda_mma.h"
 #include "cuda_utils.h"
 
 namespace jaxcsb::cuda {
@@ -69,77 +70,17 @@ struct TensorShape {
   static_assert(kTileBytes % 16 == 0 && kWarpBytes % 16 == 0, "16-byte aligned regions");
 };
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-
-// Four 8 x 8 matrices of 16-bit values from shared memory; lane l gives the address of row
-// l % 8 of matrix l / 8. With kTrans each lane receives a column pair instead of a row pair.
-template <bool kTrans>
-__device__ __forceinline__ void ldmatrix_x4(const void* p, uint32_t (&r)[4]) {
-  if constexpr (kTrans) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-  } else {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-  }
-}
-
-// acc (16 x 8, float32) += a (16 x 16, row-major) * b (16 x 8, column-major).
-template <typename T>
-__device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4],
-                                            const uint32_t (&b)[2]) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
-
 // Starts copying the block's slice of D (input indices in_base.., columns n0..) into `slice`,
-// as stored, zero outside the operand: 16-byte cp.async pieces when `vec` (aligned rows of a
-// multiple of 8 values), else element by element (complete on return).
+// as stored, zero outside the operand (copy_tile; `vec`: aligned rows of a multiple of 8 values).
 template <typename T, class S, bool kBatchLeading>
 __device__ __forceinline__ void copy_slice(const LineParams& p, T* slice, int64_t in_base,
                                            int64_t n0, bool vec) {
-  const T* dense = static_cast<const T*>(p.dense);
-  const int lane = threadIdx.x % 32;
   // Along a stored row: n for row-major D, the input index for the batch-leading layout.
   constexpr int kRowLen = kBatchLeading ? S::kBeta : S::kTile;
   const int64_t row0 = kBatchLeading ? n0 : in_base, rows = kBatchLeading ? p.n : p.in_dim;
   const int64_t col0 = kBatchLeading ? in_base : n0, cols = kBatchLeading ? p.in_dim : p.n;
-  if (vec) {
-    constexpr int kPieces = S::kBRows * kRowLen / 8;
-    // Rows and columns of the slice inside the operand (the slice is at most 64 x 64).
-    const int rows_in = static_cast<int>(std::clamp<int64_t>(rows - row0, 0, S::kBRows));
-    const int cols_in = static_cast<int>(std::clamp<int64_t>(cols - col0, 0, kRowLen));
-    const T* origin = dense + row0 * cols + col0;
-#pragma unroll
-    for (int i0 = 0; i0 < kPieces; i0 += 32) {
-      const int i = i0 + lane, r = i / (kRowLen / 8), c = i % (kRowLen / 8) * 8;
-      const int valid = r < rows_in ? std::clamp(cols_in - c, 0, 8) : 0;
-      const T* src = valid > 0 ? origin + r * cols + c : dense;
-      if (i < kPieces) cp_async_16(slice + r * S::kBStride + c, src, valid * 2);
-    }
-  } else {
-    for (int i = lane; i < S::kBRows * kRowLen; i += 32) {
-      const int r = i / kRowLen, c = i % kRowLen;
-      const bool inside = row0 + r < rows && col0 + c < cols;
-      slice[r * S::kBStride + c] =
-          inside ? dense[(row0 + r) * cols + col0 + c] : from_float<T>(0.0f);
-    }
-  }
+  copy_tile<T, S::kBRows, kRowLen, S::kBStride, 32>(slice, static_cast<const T*>(p.dense), rows,
+                                                    cols, row0, col0, vec, threadIdx.x % 32);
 }
 
 // Eight consecutive positions of the local and value arrays, two 16-bit entries to a word
@@ -272,31 +213,18 @@ __device__ __forceinline__ void prefetch_nonzeros(const uint16_t* local, const T
 template <typename T, class S, bool kBatchLeading>
 __device__ __forceinline__ void multiply_block(const T* a, const T* slice,
                                                float (&acc)[S::kStrips][S::kNTiles][4]) {
-  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int ks = 0; ks < S::kStrips; ++ks) {
     uint32_t b[S::kNTiles][2];
 #pragma unroll
     for (int np = 0; np < S::kNTiles / 2; ++np) {
-      uint32_t r[4];
-      if constexpr (!kBatchLeading) {
-        // [in][n]: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
-        const int k = ks * 16 + lane % 16, n = np * 16 + lane / 16 * 8;
-        ldmatrix_x4<true>(slice + k * S::kBStride + n, r);
-      } else {
-        // [n][in]: the same four matrices, each read along its rows of n.
-        const int m = lane / 8, n = np * 16 + m / 2 * 8 + lane % 8, k = ks * 16 + m % 2 * 8;
-        ldmatrix_x4<false>(slice + n * S::kBStride + k, r);
-      }
-      b[2 * np][0] = r[0];
-      b[2 * np][1] = r[1];
-      b[2 * np + 1][0] = r[2];
-      b[2 * np + 1][1] = r[3];
+      // The slice is [in][n] for row-major D, [n][in] for the batch-leading layout.
+      load_b_pair<!kBatchLeading>(slice, S::kBStride, ks * 16, np * 16, b[2 * np], b[2 * np + 1]);
     }
 #pragma unroll
     for (int s = 0; s < S::kStrips; ++s) {
       uint32_t frag[4];
-      ldmatrix_x4<false>(a + (s * 16 + lane % 16) * S::kAStride + ks * 16 + lane / 16 * 8, frag);
+      load_a</*kStoredMK=*/true>(a, S::kAStride, s * 16, ks * 16, frag);
 #pragma unroll
       for (int nt = 0; nt < S::kNTiles; ++nt) mma_16x8x16<T>(acc[s][nt], frag, b[nt]);
     }

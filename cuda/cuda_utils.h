@@ -423,14 +423,14 @@ cudaError_t dispatch_beta(int beta, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-// Calls f(std::bool_constant<transpose>{}, std::bool_constant<batch_leading>{}): the product's
-// direction and dense layout as compile-time constants.
+// Calls f(std::bool_constant<first>{}, std::bool_constant<second>{}): two layout flags as
+// compile-time constants (an SpMM's direction and dense layout, an SDDMM's operand layouts).
 template <typename F>
-cudaError_t dispatch_layout(bool transpose, bool batch_leading, F&& f) {
+cudaError_t dispatch_layout(bool first, bool second, F&& f) {
   using N = std::false_type;
   using Y = std::true_type;
-  if (!transpose) return batch_leading ? f(N{}, Y{}) : f(N{}, N{});
-  return batch_leading ? f(Y{}, Y{}) : f(Y{}, N{});
+  if (!first) return second ? f(N{}, Y{}) : f(N{}, N{});
+  return second ? f(Y{}, Y{}) : f(Y{}, N{});
 }
 
 // Calls f(type tag) with the value type of `dtype`.

@@ -1,0 +1,119 @@
+// Tensor-core building blocks for 16-bit values (bfloat16, float16), shared by the SpMM and the
+// SDDMM on tensor cores: mma.m16n8k16 with float32 accumulators, its operands' fragments read
+// from shared memory with ldmatrix, and tiles copied into shared memory with cp.async.
+// Included only from .cu files.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda_utils.h"
+
+namespace jaxcsb::cuda {
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// Four 8 x 8 matrices of 16-bit values from shared memory; lane l gives the address of row
+// l % 8 of matrix l / 8. With kTrans each lane receives a column pair instead of a row pair.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(const void* p, uint32_t (&r)[4]) {
+  if constexpr (kTrans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+  }
+}
+
+// acc (16 x 8, float32) += a (16 x 16, row-major) * b (16 x 8, column-major).
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4],
+                                            const uint32_t (&b)[2]) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+// The A operand of mma_16x8x16 (rows m0..m0+15, k0..k0+15) from a tile in shared memory with
+// row stride `stride`, stored [m][k] (kStoredMK) or [k][m].
+template <bool kStoredMK, typename T>
+__device__ __forceinline__ void load_a(const T* tile, int stride, int m0, int k0,
+                                       uint32_t (&a)[4]) {
+  const int lane = threadIdx.x % 32;
+  if constexpr (kStoredMK) {
+    // Matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15).
+    ldmatrix_x4<false>(tile + (m0 + lane % 16) * stride + k0 + lane / 16 * 8, a);
+  } else {
+    // The same four matrices, each read along its rows of k.
+    const int q = lane / 8, m = m0 + q % 2 * 8, k = k0 + q / 2 * 8 + lane % 8;
+    ldmatrix_x4<true>(tile + k * stride + m, a);
+  }
+}
+
+// The B operands of two mma_16x8x16 (k0..k0+15; columns n0..n0+7 in b0, n0+8..n0+15 in b1) from
+// a tile in shared memory with row stride `stride`, stored [k][n] (kStoredKN) or [n][k].
+template <bool kStoredKN, typename T>
+__device__ __forceinline__ void load_b_pair(const T* tile, int stride, int k0, int n0,
+                                            uint32_t (&b0)[2], uint32_t (&b1)[2]) {
+  const int lane = threadIdx.x % 32;
+  uint32_t r[4];
+  if constexpr (kStoredKN) {
+    // Matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+    ldmatrix_x4<true>(tile + (k0 + lane % 16) * stride + n0 + lane / 16 * 8, r);
+  } else {
+    // The same four matrices, each read along its rows of n.
+    const int q = lane / 8, n = n0 + q / 2 * 8 + lane % 8, k = k0 + q % 2 * 8;
+    ldmatrix_x4<false>(tile + n * stride + k, r);
+  }
+  b0[0] = r[0];
+  b0[1] = r[1];
+  b1[0] = r[2];
+  b1[1] = r[3];
+}
+
+// Starts copying rows [r0, r0 + kRows) x columns [c0, c0 + kCols) of the row-major matrix `src`
+// (rows x cols values) into `dst` (row stride kStride), zero outside the matrix: 16-byte
+// cp.async pieces when `vec` (src 16-byte aligned and cols a multiple of 8), else value by value
+// (complete on return). Thread t of kThreads takes pieces t, t + kThreads, ...
+template <typename T, int kRows, int kCols, int kStride, int kThreads>
+__device__ __forceinline__ void copy_tile(T* dst, const T* src, int64_t rows, int64_t cols,
+                                          int64_t r0, int64_t c0, bool vec, int t) {
+  static_assert(sizeof(T) == 2 && kCols % 8 == 0, "rows of 16-byte pieces of 16-bit values");
+  if (vec) {
+    constexpr int kPieces = kRows * kCols / 8;
+    const int rows_in = static_cast<int>(std::clamp<int64_t>(rows - r0, 0, kRows));
+    const int cols_in = static_cast<int>(std::clamp<int64_t>(cols - c0, 0, kCols));
+    const T* origin = src + r0 * cols + c0;
+#pragma unroll
+    for (int i0 = 0; i0 < kPieces; i0 += kThreads) {
+      const int i = i0 + t, r = i / (kCols / 8), c = i % (kCols / 8) * 8;
+      const int valid = r < rows_in ? std::clamp(cols_in - c, 0, 8) : 0;
+      const T* from = valid > 0 ? origin + r * cols + c : src;
+      if (i < kPieces) cp_async_16(dst + r * kStride + c, from, valid * 2);
+    }
+  } else {
+    for (int i = t; i < kRows * kCols; i += kThreads) {
+      const int r = i / kCols, c = i % kCols;
+      const bool inside = r0 + r < rows && c0 + c < cols;
+      dst[r * kStride + c] = inside ? src[(r0 + r) * cols + c0 + c] : from_float<T>(0.0f);
+    }
+  }
+}
+
+}  // namespace jaxcsb::cuda
