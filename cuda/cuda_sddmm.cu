@@ -391,14 +391,14 @@ cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStrea
     using T = decltype(tag);
     if constexpr (sizeof(T) == 2) {
       if (tensor_sddmm_preferred(beta, /*half_precision=*/true, options.cluster)) {
-        switch (beta) {
-          case 16:
-            return launch_sddmm_tensor<T, 16>(args, dev, stream);
-          case 32:
-            return launch_sddmm_tensor<T, 32>(args, dev, stream);
-          case 64:
-            return launch_sddmm_tensor<T, 64>(args, dev, stream);
-        }
+        return dispatch_beta(beta, [&](auto b) -> cudaError_t {
+          constexpr int kBeta = decltype(b)::value;
+          if constexpr (kBeta <= kTensorMaxBeta) {
+            return launch_sddmm_tensor<T, kBeta>(args, dev, stream);
+          } else {
+            return cudaErrorInvalidValue;  // tensor_sddmm_preferred excludes larger blocks
+          }
+        });
       }
     }
     return launch_for_beta<T>(args, dev, stream, options);

@@ -30,6 +30,8 @@ namespace sddmm_tensor_detail {
 struct Params {
   SddmmArgs a;  // lhs [rows][n] ([n][rows] when lhs_transposed), rhs [n][cols] ([cols][n] when
                 // rhs_transposed)
+  // Derived from a.shape once on the host: computed in the kernel they cost registers (and
+  // spilled in two layouts).
   int64_t block_cols;
   int64_t num_blocks;
   bool lhs_vec;  // lhs 16-byte aligned, its rows a multiple of 8 values (cp.async pieces)

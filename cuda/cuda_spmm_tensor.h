@@ -352,40 +352,38 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   }
 }
 
+// The launch shape of the kernel of shape S. The largest carveout: shared memory bounds the warps
+// in flight (S::kMinBlocks). Clusters are sized to keep every thread block in one wave as
+// launched in clusters: bfloat16 4096^2 at 90%, n = 16, takes 512 thread blocks in clusters of 8,
+// of which 496 fit at once (21.8 us), and in clusters of 4 one wave (19.0 us).
+template <class S>
+constexpr WarpLaunch family() {
+  return {/*tile=*/S::kTile,
+          /*units_per_block=*/1,
+          /*units_per_warp=*/2,
+          /*max_warps=*/kTensorMaxWarps,
+          /*warp_smem=*/S::kWarpBytes,
+          /*max_carveout=*/true,
+          /*slots=*/SlotCount::kClustered};
+}
+
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
   using S = TensorShape<kBeta, kTile, kBatchLeading>;
   LineParams p{};
   set_line_params(a, &p);
-  // The largest carveout: shared memory bounds the warps in flight (S::kMinBlocks). Clusters
-  // are sized to keep every thread block in one wave as launched in clusters: bfloat16 4096^2 at
-  // 90%, n = 16, takes 512 thread blocks in clusters of 8, of which 496 fit at once (21.8 us),
-  // and in clusters of 4 one wave (19.0 us).
-  constexpr WarpLaunch kFamily{/*tile=*/kTile,
-                               /*units_per_block=*/1,
-                               /*units_per_warp=*/2,
-                               /*max_warps=*/kTensorMaxWarps,
-                               /*warp_smem=*/S::kWarpBytes,
-                               /*max_carveout=*/true,
-                               /*slots=*/SlotCount::kClustered};
-  return launch_warp_lines<tensor_kernel<T, S, kTranspose, kBatchLeading>>(p, kFamily, dev, stream,
-                                                                           options);
+  return launch_warp_lines<tensor_kernel<T, S, kTranspose, kBatchLeading>>(p, family<S>(), dev,
+                                                                           stream, options);
 }
 
-// Waves of thread blocks that the kTile-column kernel takes without clusters, at the most warps
-// a thread block (a thread block per line and tile); INT64_MAX where it cannot run.
+// Waves of thread blocks that the kTile-column kernel takes without clusters (a thread block per
+// line and tile); INT64_MAX where it cannot run.
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
 int64_t waves(const SpmmArgs& a, const DeviceInfo& dev) {
   using S = TensorShape<kBeta, kTile, kBatchLeading>;
-  constexpr auto kKernel = tensor_kernel<T, S, kTranspose, kBatchLeading>;
-  constexpr size_t kSmem = kTensorMaxWarps * S::kWarpBytes;
-  if (kSmem > static_cast<size_t>(dev.max_smem_optin) ||
-      allow_smem<kKernel>(dev.device, kSmem, /*max_carveout=*/true) != cudaSuccess) {
-    return INT64_MAX;
-  }
-  const int64_t slots = resident_on_gpu<kKernel>(1, 32 * kTensorMaxWarps, kSmem, dev);
-  return ceil_div(a.shape.num_lines() * ceil_div(a.n, int64_t{kTile}), slots);
+  return family_waves<tensor_kernel<T, S, kTranspose, kBatchLeading>>(
+      family<S>(), a.shape.num_lines() * ceil_div(a.n, int64_t{kTile}), dev);
 }
 
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>

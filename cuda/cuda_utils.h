@@ -225,14 +225,29 @@ inline int one_per_sm_cluster(const DeviceInfo& dev, int64_t blocks, int64_t lin
   return c > 1 ? c : 0;
 }
 
+// Allows kKernel the shared memory of `family` at its most warps (allow_smem).
+template <auto kKernel>
+cudaError_t allow_family_smem(const WarpLaunch& family, const DeviceInfo& dev) {
+  const size_t max_smem = family.max_warps * family.warp_smem;
+  if (max_smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
+  return allow_smem<kKernel>(dev.device, max_smem, family.max_carveout);
+}
+
+// Waves that `blocks` thread blocks of kKernel take, launched as `family` at its most warps and
+// without clusters; INT64_MAX where the kernel cannot run.
+template <auto kKernel>
+int64_t family_waves(const WarpLaunch& family, int64_t blocks, const DeviceInfo& dev) {
+  if (allow_family_smem<kKernel>(family, dev) != cudaSuccess) return INT64_MAX;
+  const int w = family.max_warps;
+  return ceil_div(blocks, resident_on_gpu<kKernel>(1, 32 * w, w * family.warp_smem, dev));
+}
+
 // Launches a kernel of the warp families as `family` describes, with a cluster that splits the
 // line when there are few lines (line_cluster).
 template <auto kKernel>
 cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const DeviceInfo& dev,
                               cudaStream_t stream, const SpmmOptions& options) {
-  const size_t max_smem = family.max_warps * family.warp_smem;
-  if (max_smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidConfiguration;
-  cudaError_t err = allow_smem<kKernel>(dev.device, max_smem, family.max_carveout);
+  cudaError_t err = allow_family_smem<kKernel>(family, dev);
   if (err != cudaSuccess) return err;
   auto warps = [&](int cluster) {
     const int64_t units = rank_positions(p.line_length, cluster) * family.units_per_block;
