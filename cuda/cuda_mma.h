@@ -87,6 +87,16 @@ __device__ __forceinline__ void load_b_pair(const T* tile, int stride, int k0, i
   b1[1] = r[3];
 }
 
+// Stores the accumulator of one mma_16x8x16 (16 x 8) into a float32 tile at `tile`, with row
+// stride `stride`. The layout of mma.m16n8k16: lane l holds rows l / 4 and l / 4 + 8, columns
+// 2 (l % 4) and 2 (l % 4) + 1.
+__device__ __forceinline__ void store_accumulator(float* tile, int stride, const float (&acc)[4]) {
+  const int lane = threadIdx.x % 32;
+  float* dst = tile + lane / 4 * stride + 2 * (lane % 4);
+  *reinterpret_cast<float2*>(dst) = make_float2(acc[0], acc[1]);
+  *reinterpret_cast<float2*>(dst + 8 * stride) = make_float2(acc[2], acc[3]);
+}
+
 // Starts copying rows [r0, r0 + kRows) x columns [c0, c0 + kCols) of the row-major matrix `src`
 // (rows x cols values) into `dst` (row stride kStride), zero outside the matrix: 16-byte
 // cp.async pieces when `vec` (src 16-byte aligned and cols a multiple of 8), else value by value

@@ -315,18 +315,13 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
     for (int h = 0; h < S::kParts; ++h) {
       const int col0 = h * S::kPartWidth;
       if (all_finite) {
-        // The accumulator layout of mma.m16n8k16: lane l holds rows l / 4 and l / 4 + 8 of its
-        // strip, columns 2 (l % 4) and 2 (l % 4) + 1 of its 8-column piece.
-        const int g = lane / 4, c = 2 * (lane % 4);
         constexpr int kPieces = S::kPartWidth / 8;
 #pragma unroll
         for (int s = 0; s < S::kStrips; ++s) {
 #pragma unroll
           for (int j = 0; j < kPieces; ++j) {
-            const float (&v)[4] = acc[s][h * kPieces + j];
-            float* dst = part + (s * 16 + g) * S::kPartStride + j * 8 + c;
-            *reinterpret_cast<float2*>(dst) = make_float2(v[0], v[1]);
-            *reinterpret_cast<float2*>(dst + 8 * S::kPartStride) = make_float2(v[2], v[3]);
+            store_accumulator(part + s * 16 * S::kPartStride + j * 8, S::kPartStride,
+                              acc[s][h * kPieces + j]);
           }
         }
       } else {
