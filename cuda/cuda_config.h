@@ -128,12 +128,20 @@ constexpr bool tensor_cores_serve(int beta, bool half_precision) {
   return half_precision && beta <= kTensorMaxBeta;
 }
 
-// SDDMM on tensor cores (cuda_sddmm_tensor.h): 16-bit values at the tensor-core block sizes, a
-// thread block per CSB block computing its dense product over all of n (2-4.5x faster than the
-// CUDA-core kernel from n = 16 to 4096). A forced cluster size asks for the CUDA-core kernel,
-// whose clusters split n.
-constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, int cluster) {
-  return tensor_cores_serve(beta, half_precision) && cluster <= 0;
+// SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)
+// computing their dense product over all of n, whatever the sparsity. 16-bit values at the
+// tensor-core block sizes: 2-4.5x faster than the CUDA-core kernel from n = 16 to 4096. Float32
+// in three TF32 products at block sizes up to 128, from a density of 1/8: the CUDA-core
+// kernel's time follows the nonzeros, the tensor cores' does not, and they cross at densities
+// of 0.1-0.12 (4096 x 1024, n = 4096, feature-major: 0.52, 0.94 and 1.01 ms at densities 0.1,
+// 0.15 and 0.2 on CUDA cores, 0.69 ms on tensor cores). A forced cluster size asks for the
+// CUDA-core kernel, whose clusters split n.
+constexpr int kTensorSddmmMaxBetaF32 = 128;
+constexpr double kTensorSddmmMinDensityF32 = 0.125;
+constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double density, int cluster) {
+  if (cluster > 0) return false;
+  if (half_precision) return beta <= kTensorMaxBeta;
+  return beta <= kTensorSddmmMaxBetaF32 && density >= kTensorSddmmMinDensityF32;
 }
 
 // Whether kernel family `kernel` can run a product of block size beta (kAuto and the wide

@@ -50,6 +50,38 @@ __device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)
   }
 }
 
+// acc (16 x 8, float32) += a (16 x 8, row-major) * b (8 x 8, column-major) in TF32: the tensor
+// cores read the sign, the exponent and the top 10 bits of the mantissa of each value.
+__device__ __forceinline__ void mma_16x8x8_tf32(float (&acc)[4], const uint32_t (&a)[4],
+                                                const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Splits x into big + small, both TF32: big keeps the top 10 bits of the mantissa (truncated,
+// so that it never overflows) and small = x - big is exact. An infinite x gives small = 0, not
+// Inf - Inf; a NaN stays NaN.
+__device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
+  const float hi = __uint_as_float(__float_as_uint(x) & 0xffffe000u);
+  big = __float_as_uint(hi);
+  small = __float_as_uint(x == hi ? 0.0f : x - hi);
+}
+
+// acc += a * b at about float32 accuracy in three TF32 products (3xTF32): a_big b_small +
+// a_small b_big + a_big b_big, the small terms first; a_small b_small (below 2^-20 of a b) is
+// left out.
+__device__ __forceinline__ void mma_16x8x8_3xtf32(float (&acc)[4], const uint32_t (&a_big)[4],
+                                                  const uint32_t (&a_small)[4],
+                                                  const uint32_t (&b_big)[2],
+                                                  const uint32_t (&b_small)[2]) {
+  mma_16x8x8_tf32(acc, a_big, b_small);
+  mma_16x8x8_tf32(acc, a_small, b_big);
+  mma_16x8x8_tf32(acc, a_big, b_big);
+}
+
 // The A operand of mma_16x8x16 (rows m0..m0+15, k0..k0+15) from a tile in shared memory with
 // row stride `stride`, stored [m][k] (kStoredMK) or [k][m].
 template <bool kStoredMK, typename T>
@@ -99,23 +131,25 @@ __device__ __forceinline__ void store_accumulator(float* tile, int stride, const
 
 // Starts copying rows [r0, r0 + kRows) x columns [c0, c0 + kCols) of the row-major matrix `src`
 // (rows x cols values) into `dst` (row stride kStride), zero outside the matrix: 16-byte
-// cp.async pieces when `vec` (src 16-byte aligned and cols a multiple of 8), else value by value
+// cp.async pieces when `vec` (src 16-byte aligned, its rows a multiple of 16 bytes), else value
+// by value
 // (complete on return). Thread t of kThreads takes pieces t, t + kThreads, ...
 template <typename T, int kRows, int kCols, int kStride, int kThreads>
 __device__ __forceinline__ void copy_tile(T* dst, const T* src, int64_t rows, int64_t cols,
                                           int64_t r0, int64_t c0, bool vec, int t) {
-  static_assert(sizeof(T) == 2 && kCols % 8 == 0, "rows of 16-byte pieces of 16-bit values");
+  constexpr int kPer = 16 / sizeof(T);  // values per 16-byte piece
+  static_assert(kCols % kPer == 0, "rows of 16-byte pieces");
   if (vec) {
-    constexpr int kPieces = kRows * kCols / 8;
+    constexpr int kPieces = kRows * kCols / kPer;
     const int rows_in = static_cast<int>(std::clamp<int64_t>(rows - r0, 0, kRows));
     const int cols_in = static_cast<int>(std::clamp<int64_t>(cols - c0, 0, kCols));
     const T* origin = src + r0 * cols + c0;
 #pragma unroll
     for (int i0 = 0; i0 < kPieces; i0 += kThreads) {
-      const int i = i0 + t, r = i / (kCols / 8), c = i % (kCols / 8) * 8;
-      const int valid = r < rows_in ? std::clamp(cols_in - c, 0, 8) : 0;
+      const int i = i0 + t, r = i / (kCols / kPer), c = i % (kCols / kPer) * kPer;
+      const int valid = r < rows_in ? std::clamp(cols_in - c, 0, kPer) : 0;
       const T* from = valid > 0 ? origin + r * cols + c : src;
-      if (i < kPieces) cp_async_16(dst + r * kStride + c, from, valid * 2);
+      if (i < kPieces) cp_async_16(dst + r * kStride + c, from, valid * sizeof(T));
     }
   } else {
     for (int i = t; i < kRows * kCols; i += kThreads) {

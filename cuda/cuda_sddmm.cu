@@ -389,17 +389,16 @@ cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStrea
   if (beta < 16 || beta > 256 || (beta & (beta - 1)) != 0) return cudaErrorInvalidValue;
   return dispatch_dtype(args.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    if constexpr (sizeof(T) == 2) {
-      if (tensor_sddmm_preferred(beta, /*half_precision=*/true, options.cluster)) {
-        return dispatch_beta(beta, [&](auto b) -> cudaError_t {
-          constexpr int kBeta = decltype(b)::value;
-          if constexpr (kBeta <= kTensorMaxBeta) {
-            return launch_sddmm_tensor<T, kBeta>(args, dev, stream);
-          } else {
-            return cudaErrorInvalidValue;  // tensor_sddmm_preferred excludes larger blocks
-          }
-        });
-      }
+    constexpr bool kHalf = sizeof(T) == 2;
+    if (tensor_sddmm_preferred(beta, kHalf, density(args.shape, args.nnz), options.cluster)) {
+      return dispatch_beta(beta, [&](auto b) -> cudaError_t {
+        constexpr int kBeta = decltype(b)::value;
+        if constexpr (kBeta <= (kHalf ? kTensorMaxBeta : kTensorSddmmMaxBetaF32)) {
+          return launch_sddmm_tensor<T, kBeta>(args, dev, stream);
+        } else {
+          return cudaErrorInvalidValue;  // tensor_sddmm_preferred excludes larger blocks
+        }
+      });
     }
     return launch_for_beta<T>(args, dev, stream, options);
   });

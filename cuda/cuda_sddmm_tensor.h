@@ -1,15 +1,18 @@
-// CUDA SDDMM on tensor cores for 16-bit values (bfloat16, float16) at block sizes 16 to 64:
-// out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e) of S.
+// CUDA SDDMM on tensor cores: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e)
+// of S, for 16-bit values (bfloat16, float16) at block sizes 16 to 64 and float32 at 16 to 128.
 //
 // The CUDA-core SDDMM (cuda_sddmm.cu) reads shared memory for every multiply-add of a nonzero.
 // Here a thread block computes the whole dense product of a region of CSB blocks (one block,
 // or 2 x 2 of them), C = L[region rows, :] * R[:, region columns] summed over all of n, with
-// mma.m16n8k16 and float32 accumulators, and keeps C at the blocks' nonzeros. At 90% sparsity
-// that is 10x the useful multiply-adds, at ~15x the CUDA-core rate. Each warp owns a 16-row
-// strip of C, whose accumulators stay in registers for the whole walk over n. The region's rows
-// of L and columns of R go through shared memory in chunks of n, copied as stored (cp.async,
-// the next chunk in flight while this one is multiplied) and read with ldmatrix, transposed
-// where the operand is stored n-major.
+// float32 accumulators, and keeps C at the blocks' nonzeros. At 90% sparsity that is 10x the
+// useful multiply-adds, at ~15x the CUDA-core rate for 16-bit values (mma.m16n8k16). Float32
+// values take three TF32 products (mma.m16n8k8 on each operand split into a TF32 part and its
+// remainder; up to about 3 x 2^-20 of each product lost, against 2^-24 in float32), which pay where
+// the blocks are dense enough (tensor_sddmm_preferred). Each warp owns a 16-row strip of C,
+// whose accumulators stay in registers for the whole walk over n. The region's rows of L and
+// columns of R go through shared memory in chunks of 128 bytes of n, copied as stored
+// (cp.async, the next chunk in flight while this one is multiplied) and read with ldmatrix
+// (16-bit; transposed where the operand is stored n-major) or value by value (float32).
 //
 // A kept entry of C is the dot product of its own row of L and column of R, as in the
 // reference: the products at structural zeros are computed and dropped, so an Inf or NaN
@@ -36,22 +39,25 @@ struct Params {
   int64_t block_cols;
   int64_t region_cols;  // regions of kSpan x kSpan blocks in a row of them
   int64_t num_regions;
-  bool lhs_vec;  // lhs 16-byte aligned, its rows a multiple of 8 values (cp.async pieces)
+  bool lhs_vec;  // lhs 16-byte aligned, its rows a multiple of 16 bytes (cp.async pieces)
   bool rhs_vec;
 };
 
-// Shared-memory layout for block size kBeta and the operands' layouts (n-major: stored [n][i]
-// with i the row of L or the column of R). Row strides are padded by 16 bytes so that the 8 rows
-// read by one ldmatrix phase fall into distinct bank groups.
-template <int kBeta_, int kSpan_, bool kLhsNMajor, bool kRhsNMajor>
+// Shared-memory layout for value type T, block size kBeta and the operands' layouts (n-major:
+// stored [n][i] with i the row of L or the column of R). 16-bit rows are padded by 16 bytes so
+// that the 8 rows read by one ldmatrix phase fall into distinct bank groups; float32 rows so
+// that the 32 values of a TF32 fragment fall into distinct banks (a stride of 4 mod 32 values
+// where the fragment's 8 rows step along a row's index, 8 mod 32 where its 4 steps do).
+template <typename T, int kBeta_, int kSpan_, bool kLhsNMajor, bool kRhsNMajor>
 struct Shape {
+  static constexpr bool kTf32 = sizeof(T) == 4;
   static constexpr int kBeta = kBeta_;
   static constexpr int kSpan = kSpan_;         // blocks per side of a thread block's region
   static constexpr int kSide = kBeta * kSpan;  // rows and columns of the region
   static constexpr int kWarps = kSide / 16;    // a 16-row strip of C each
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kNTiles = kSide / 8;  // 8-column pieces of a strip
-  static constexpr int kChunk = 64;          // values of n per stage
+  static constexpr int kNTiles = kSide / 8;       // 8-column pieces of a strip
+  static constexpr int kChunk = 128 / sizeof(T);  // values of n per stage: 128-byte rows
   // Thread blocks per multiprocessor that the registers must allow: 2 for regions of 128 (128
   // registers a thread, of which the accumulators take 64), else no bound (0; an explicit 1 lets
   // the compiler take up to 1.5x the registers, and the thread blocks per multiprocessor drop).
@@ -61,7 +67,7 @@ struct Shape {
   struct Chunk {
     static constexpr int kRows = kNMajor ? kChunk : kSide;
     static constexpr int kCols = kNMajor ? kSide : kChunk;
-    static constexpr int kStride = kCols + 8;
+    static constexpr int kStride = kCols + (kTf32 && !kNMajor ? 4 : 8);
     static constexpr int kValues = kRows * kStride;
   };
   using L = Chunk<kLhsNMajor>;
@@ -70,10 +76,10 @@ struct Shape {
   // C in float32, [row][col], over the stages once the walk is done.
   static constexpr int kCStride = kSide + 4;
   static constexpr size_t kSmemBytes =
-      std::max<size_t>(2 * size_t{kStageValues} * 2, size_t{kSide} * kCStride * 4);
+      std::max<size_t>(2 * size_t{kStageValues} * sizeof(T), size_t{kSide} * kCStride * 4);
 
-  static_assert(kBeta == 16 || kBeta == 32 || kBeta == 64, "block sizes 16, 32 and 64");
-  static_assert(kStageValues % 8 == 0, "16-byte aligned stages");
+  static_assert(kSide >= 16 && kSide <= 128 && kSide % 16 == 0, "regions of 16 to 128");
+  static_assert(kStageValues * sizeof(T) % 16 == 0, "16-byte aligned stages");
 };
 
 // Starts copying indices [i0, i0 + kSide) x n [n0, n0 + kChunk) of operand m (`dim` rows of L
@@ -102,8 +108,44 @@ __device__ __forceinline__ void copy_chunk(const Params& p, int64_t row0, int64_
                                  p.rhs_vec);
 }
 
-// acc (the warp's strip of C) += its rows of L's chunk * R's chunk.
-template <typename T, class S, bool kLhsNMajor, bool kRhsNMajor>
+// Value (i, k) of a staged chunk: i the row of L or column of R, k the index along n.
+template <bool kNMajor>
+__device__ __forceinline__ float staged(const float* tile, int stride, int i, int k) {
+  return kNMajor ? tile[k * stride + i] : tile[i * stride + k];
+}
+
+// acc (the warp's strip of C) += its rows of L's chunk * R's chunk, float32 in three TF32
+// products (split_tf32).
+template <class S, bool kLhsNMajor, bool kRhsNMajor>
+__device__ __forceinline__ void multiply_chunk(const float* stage, float (&acc)[S::kNTiles][4]) {
+  const float* l = stage;
+  const float* r = stage + S::L::kValues;
+  const int m0 = threadIdx.x / 32 * 16, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int k0 = 0; k0 < S::kChunk; k0 += 8) {
+    // The fragment layouts of mma.m16n8k8 (TF32): a holds rows g and g + 8, columns t and
+    // t + 4; b holds rows t and t + 4 of column g.
+    uint32_t a_big[4], a_small[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float v = staged<kLhsNMajor>(l, S::L::kStride, m0 + g + q % 2 * 8, k0 + t + q / 2 * 4);
+      split_tf32(v, a_big[q], a_small[q]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+      uint32_t b_big[2], b_small[2];
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const float v = staged<kRhsNMajor>(r, S::R::kStride, nt * 8 + g, k0 + t + q * 4);
+        split_tf32(v, b_big[q], b_small[q]);
+      }
+      mma_16x8x8_3xtf32(acc[nt], a_big, a_small, b_big, b_small);
+    }
+  }
+}
+
+// acc (the warp's strip of C) += its rows of L's chunk * R's chunk, 16-bit values.
+template <class S, bool kLhsNMajor, bool kRhsNMajor, typename T>
 __device__ __forceinline__ void multiply_chunk(const T* stage, float (&acc)[S::kNTiles][4]) {
   const T* l = stage;
   const T* r = stage + S::L::kValues;
@@ -177,7 +219,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
         cp_async_wait<0>();
       }
       __syncthreads();
-      multiply_chunk<T, S, kLhsNMajor, kRhsNMajor>(stages + c % 2 * S::kStageValues, acc);
+      multiply_chunk<S, kLhsNMajor, kRhsNMajor>(stages + c % 2 * S::kStageValues, acc);
       __syncthreads();  // the stage is rewritten two chunks on, and C overwrites both
     }
 
@@ -205,10 +247,10 @@ template <typename T, int kBeta, int kSpan, bool kLhsTransposed, bool kRhsTransp
 cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
   // L is n-major when transposed, R when not.
   constexpr bool kLhsNMajor = kLhsTransposed, kRhsNMajor = !kRhsTransposed;
-  using S = Shape<kBeta, kSpan, kLhsNMajor, kRhsNMajor>;
+  using S = Shape<T, kBeta, kSpan, kLhsNMajor, kRhsNMajor>;
   constexpr auto kKernel = sddmm_tensor_kernel<T, S, kLhsNMajor, kRhsNMajor>;
   auto pieces = [](const void* m, int64_t contiguous) {
-    return contiguous % 8 == 0 && reinterpret_cast<uintptr_t>(m) % 16 == 0;
+    return contiguous % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(m) % 16 == 0;
   };
   const int64_t region_cols = ceil_div(a.shape.block_cols(), kSpan);
   const Params p{a,
@@ -232,19 +274,22 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
 // halves the L2 reads per multiply-add. They take them where n spans more than one chunk (at
 // one chunk the thread blocks of single blocks hide latency better: 1.1-1.25x faster at n = 64)
 // and the regions still give every multiprocessor one.
+// Blocks of 128 are regions of their own.
 template <typename T, int kBeta, bool kLhsTransposed, bool kRhsTransposed>
 cudaError_t launch_regions(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
-  const int64_t regions = ceil_div(a.shape.block_rows(), 2) * ceil_div(a.shape.block_cols(), 2);
-  constexpr int kChunk = Shape<kBeta, 1, false, false>::kChunk;
-  if (a.n > kChunk && regions >= dev.num_sms) {
-    return launch<T, kBeta, 2, kLhsTransposed, kRhsTransposed>(a, dev, stream);
+  if constexpr (kBeta <= 64) {
+    const int64_t regions = ceil_div(a.shape.block_rows(), 2) * ceil_div(a.shape.block_cols(), 2);
+    constexpr int kChunk = Shape<T, kBeta, 1, false, false>::kChunk;
+    if (a.n > kChunk && regions >= dev.num_sms) {
+      return launch<T, kBeta, 2, kLhsTransposed, kRhsTransposed>(a, dev, stream);
+    }
   }
   return launch<T, kBeta, 1, kLhsTransposed, kRhsTransposed>(a, dev, stream);
 }
 
 }  // namespace sddmm_tensor_detail
 
-// The tensor-core SDDMM for 16-bit value type T and block size kBeta (tensor_cores_serve).
+// The tensor-core SDDMM for value type T and block size kBeta (tensor_sddmm_preferred).
 template <typename T, int kBeta>
 cudaError_t launch_sddmm_tensor(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
   using namespace sddmm_tensor_detail;

@@ -452,10 +452,10 @@ int run_check(int level, const DeviceInfo& dev) {
       HostCsb sparse = random_csb(quick ? 130 : 300, 260, beta, 0.02, t, rng);
       check_sddmm(sparse, t, 37, false, true, rng, dev);
     }
-    // Enough blocks at an n past one chunk for the 16-bit SDDMM's regions of 2 x 2 blocks, cut
-    // short at the last block row and column.
+    // Enough blocks at an n past one chunk for the tensor-core SDDMM's regions of 2 x 2 blocks,
+    // cut short at the last block row and column (dense enough for float32 to take them).
     for (int beta : tiny ? std::vector<int>{16} : std::vector<int>{16, 32, 64}) {
-      HostCsb many = random_csb(26 * beta - 5, 26 * beta + 7, beta, 0.05, t, rng);
+      HostCsb many = random_csb(26 * beta - 5, 26 * beta + 7, beta, 0.2, t, rng);
       for (int lt = 0; lt < 2; ++lt) check_sddmm(many, t, 130, lt, !lt, rng, dev);
     }
     HostCsb full256 = random_csb(quick ? 40 : 260, 300, 256, 0.9, t, rng, -1, -1);
