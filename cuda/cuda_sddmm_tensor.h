@@ -271,10 +271,9 @@ cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t strea
 }
 
 // Regions of 2 x 2 blocks share each staged row of L and column of R between two blocks, which
-// halves the L2 reads per multiply-add. They take them where n spans more than one chunk (at
-// one chunk the thread blocks of single blocks hide latency better: 1.1-1.25x faster at n = 64)
-// and the regions still give every multiprocessor one.
-// Blocks of 128 are regions of their own.
+// halves the L2 reads per multiply-add. They serve where n spans more than one chunk (at one
+// chunk the thread blocks of single blocks hide latency better: 1.1-1.25x faster at n = 64)
+// and the regions still number one per multiprocessor. Blocks of 128 are regions of their own.
 template <typename T, int kBeta, bool kLhsTransposed, bool kRhsTransposed>
 cudaError_t launch_regions(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
   if constexpr (kBeta <= 64) {
