@@ -173,8 +173,7 @@ __device__ __forceinline__ void expand_block(const uint16_t* local, const T* val
         const bool repeated = inside && i + 1 < hi && next == l;
         repeats |= repeated;
         if (inside && !repeated) {
-          const int row = l >> 8, col = l & 0xff;
-          tile[(kTranspose ? col : row) * S::kAStride + (kTranspose ? row : col)] =
+          tile[local_out(l, kTranspose) * S::kAStride + local_in(l, kTranspose)] =
               static_cast<uint16_t>(entry(pieces[u].values, i));
         }
       }
