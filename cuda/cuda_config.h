@@ -136,12 +136,13 @@ constexpr bool tensor_cores_serve(int beta, bool half_precision) {
 // of 0.1-0.12 (4096 x 1024, n = 4096, feature-major: 0.52, 0.94 and 1.01 ms at densities 0.1,
 // 0.15 and 0.2 on CUDA cores, 0.69 ms on tensor cores). A forced cluster size asks for the
 // CUDA-core kernel, whose clusters split n.
-constexpr int kTensorSddmmMaxBetaF32 = 128;
+constexpr int tensor_sddmm_max_beta(bool half_precision) {
+  return half_precision ? kTensorMaxBeta : 128;
+}
 constexpr double kTensorSddmmMinDensityF32 = 0.125;
 constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double density, int cluster) {
-  if (cluster > 0) return false;
-  if (half_precision) return beta <= kTensorMaxBeta;
-  return beta <= kTensorSddmmMaxBetaF32 && density >= kTensorSddmmMinDensityF32;
+  return cluster <= 0 && beta <= tensor_sddmm_max_beta(half_precision) &&
+         (half_precision || density >= kTensorSddmmMinDensityF32);
 }
 
 // Whether kernel family `kernel` can run a product of block size beta (kAuto and the wide

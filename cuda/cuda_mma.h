@@ -1,6 +1,8 @@
-// Tensor-core building blocks for 16-bit values (bfloat16, float16), shared by the SpMM and the
-// SDDMM on tensor cores: mma.m16n8k16 with float32 accumulators, its operands' fragments read
-// from shared memory with ldmatrix, and tiles copied into shared memory with cp.async.
+// Tensor-core building blocks, shared by the SpMM and the SDDMM on tensor cores: mma.m16n8k16
+// on 16-bit values (bfloat16, float16) with its operands' fragments read from shared memory
+// with ldmatrix, mma.m16n8k8 on TF32 parts of float32 values (three products for float32
+// accuracy), float32 accumulators stored to shared memory, and tiles copied into shared memory
+// with cp.async.
 // Included only from .cu files.
 #pragma once
 
@@ -132,8 +134,7 @@ __device__ __forceinline__ void store_accumulator(float* tile, int stride, const
 // Starts copying rows [r0, r0 + kRows) x columns [c0, c0 + kCols) of the row-major matrix `src`
 // (rows x cols values) into `dst` (row stride kStride), zero outside the matrix: 16-byte
 // cp.async pieces when `vec` (src 16-byte aligned, its rows a multiple of 16 bytes), else value
-// by value
-// (complete on return). Thread t of kThreads takes pieces t, t + kThreads, ...
+// by value (complete on return). Thread t of kThreads takes pieces t, t + kThreads, ...
 template <typename T, int kRows, int kCols, int kStride, int kThreads>
 __device__ __forceinline__ void copy_tile(T* dst, const T* src, int64_t rows, int64_t cols,
                                           int64_t r0, int64_t c0, bool vec, int t) {

@@ -1,5 +1,6 @@
-// CUDA SDDMM: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e) of S. 16-bit values
-// at block sizes up to 64 run on tensor cores (cuda_sddmm_tensor.h); this file's kernel serves
+// CUDA SDDMM: out[e] = sum_n L[i_e, n] * R[n, j_e] at the nonzeros (i_e, j_e) of S. Where
+// tensor_sddmm_preferred says so (16-bit values at block sizes up to 64, float32 up to 128 from
+// a density of 1/8) it runs on tensor cores (cuda_sddmm_tensor.h); this file's kernel serves
 // the rest.
 //
 // A thread block owns a square region of S, kRegion x kRegion (whole CSB blocks), and walks n
@@ -393,7 +394,7 @@ cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStrea
     if (tensor_sddmm_preferred(beta, kHalf, density(args.shape, args.nnz), options.cluster)) {
       return dispatch_beta(beta, [&](auto b) -> cudaError_t {
         constexpr int kBeta = decltype(b)::value;
-        if constexpr (kBeta <= (kHalf ? kTensorMaxBeta : kTensorSddmmMaxBetaF32)) {
+        if constexpr (kBeta <= tensor_sddmm_max_beta(kHalf)) {
           return launch_sddmm_tensor<T, kBeta>(args, dev, stream);
         } else {
           return cudaErrorInvalidValue;  // tensor_sddmm_preferred excludes larger blocks
