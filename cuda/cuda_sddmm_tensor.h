@@ -117,7 +117,8 @@ __device__ __forceinline__ float staged(const float* tile, int stride, int i, in
 // acc (the warp's strip of C) += its rows of L's chunk * R's chunk, float32 in three TF32
 // products (split_tf32).
 template <class S, bool kLhsNMajor, bool kRhsNMajor>
-__device__ __forceinline__ void multiply_chunk(const float* stage, float (&acc)[S::kNTiles][4]) {
+__device__ __forceinline__ void multiply_chunk_3xtf32(const float* stage,
+                                                      float (&acc)[S::kNTiles][4]) {
   const float* l = stage;
   const float* r = stage + S::L::kValues;
   const int m0 = threadIdx.x / 32 * 16, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -219,7 +220,12 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
         cp_async_wait<0>();
       }
       __syncthreads();
-      multiply_chunk<S, kLhsNMajor, kRhsNMajor>(stages + c % 2 * S::kStageValues, acc);
+      const T* stage = stages + c % 2 * S::kStageValues;
+      if constexpr (S::kTf32) {
+        multiply_chunk_3xtf32<S, kLhsNMajor, kRhsNMajor>(stage, acc);
+      } else {
+        multiply_chunk<S, kLhsNMajor, kRhsNMajor>(stage, acc);
+      }
       __syncthreads();  // the stage is rewritten two chunks on, and C overwrites both
     }
 
