@@ -118,14 +118,25 @@ constexpr bool narrow_n_preferred(long long n, int beta, double density, bool tr
   return n <= 64 && (density <= 0.11 || n * density <= 4.0);
 }
 
-// Tensor-core SpMM (cuda_spmm_tensor.h): 16-bit values, a warp per CSB block expanded into a
-// dense tile, at block sizes up to kTensorMaxBeta; at most kTensorMaxWarps warps (12-18 KiB of
-// shared memory each at beta 64) per thread block.
+// Tensor-core SpMM (cuda_spmm_tensor.h): a warp per CSB block expanded into a dense tile, at
+// block sizes up to kTensorMaxBeta; at most kTensorMaxWarps warps (12-18 KiB of shared memory
+// each at beta 64 for 16-bit values, 27 KiB for float32) per thread block.
 constexpr int kTensorMaxBeta = 64;
 constexpr int kTensorMaxWarps = 4;
 
-constexpr bool tensor_cores_serve(int beta, bool half_precision) {
-  return half_precision && beta <= kTensorMaxBeta;
+constexpr bool tensor_cores_serve(int beta) { return beta <= kTensorMaxBeta; }
+
+// Whether the tensor cores take a product that they serve: every one with n > 1. At n = 1 a
+// 16-column tile wastes 15/16 of the work, and the narrow family's vector walk reads the
+// weights once at near copy speed (forward); 16-bit values still gain on the transposed walk
+// there, float32, whose tensor cores take three TF32 products per multiply-add, does not
+// (4096^2 at density 0.1-0.3, beta 32-64: 0.7-1.4x the narrow walk's time). Float32 on an H100
+// (kernel_check bench, feature-major / batch-leading): 4096^2, beta 64, density 0.2, n = 16
+// and 64: 1.2-2.4x and 2.9-3.2x faster than the best CUDA-core kernel; 4096 x 1024, n = 4096:
+// beta 64, density 0.2, 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5,
+// 0.84-1.5x (the feature-major layout loses up to 1.19x there, the batch-leading one gains).
+constexpr bool tensor_cores_preferred(long long n, int beta, bool transpose, bool half_precision) {
+  return tensor_cores_serve(beta) && (n > 1 || (transpose && half_precision));
 }
 
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)
@@ -147,23 +158,21 @@ constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double dens
 
 // Whether kernel family `kernel` can run a product of block size beta (kAuto and the wide
 // family run every one).
-constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool half_precision) {
+constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta) {
   switch (kernel) {
     case SpmmKernel::kNarrow:
       return narrow_n_supported(beta);
     case SpmmKernel::kTensor:
-      return tensor_cores_serve(beta, half_precision);
+      return tensor_cores_serve(beta);
     default:
       return true;
   }
 }
 
-// The kernel family that serves a product by default. 16-bit values go to the tensor cores,
-// except the forward matrix-vector product (n = 1), where a 16-column tile would waste 15/16 of
-// the work and the narrow family's vector walk reads the weights once at near copy speed.
+// The kernel family that serves a product by default.
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
                                            bool half_precision) {
-  if (tensor_cores_serve(beta, half_precision) && (n > 1 || transpose)) return SpmmKernel::kTensor;
+  if (tensor_cores_preferred(n, beta, transpose, half_precision)) return SpmmKernel::kTensor;
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
   return SpmmKernel::kWide;
 }

@@ -63,8 +63,7 @@ cudaError_t device_info(cudaStream_t stream, DeviceInfo* info);
 
 // The SpMM kernel family: wide n (a thread block per line and 128-column tile of n), narrow n
 // (a warp per CSB block or band of its rows, for small n at block sizes up to 128) or tensor cores
-// (a warp per CSB block expanded into a dense tile, for 16-bit values at block sizes up to 64); see
-// cuda_config.h.
+// (a warp per CSB block expanded into a dense tile, at block sizes up to 64); see cuda_config.h.
 enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor };
 
 // Configuration forced by tests and benchmarks; the defaults let the heuristics choose.

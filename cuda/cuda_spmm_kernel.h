@@ -666,9 +666,9 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
         options.kernel != SpmmKernel::kAuto
             ? options.kernel
             : preferred_spmm_kernel(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose, kHalf);
-    if (!spmm_kernel_serves(kernel, kBeta, kHalf)) return cudaErrorInvalidValue;
+    if (!spmm_kernel_serves(kernel, kBeta)) return cudaErrorInvalidValue;
     if (kernel == SpmmKernel::kTensor) {
-      if constexpr (tensor_cores_serve(kBeta, kHalf)) {
+      if constexpr (tensor_cores_serve(kBeta)) {
         return launch_spmm_tensor<T, kBeta>(a, dev, stream, options);
       }
     }

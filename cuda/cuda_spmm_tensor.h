@@ -1,4 +1,5 @@
-// CUDA SpMM on tensor cores for 16-bit values (bfloat16, float16), any n.
+// CUDA SpMM on tensor cores, any n: 16-bit values (bfloat16, float16) in mma.m16n8k16, float32
+// in three TF32 products of mma.m16n8k8 each (3xTF32, about float32 accuracy).
 //
 // The CUDA-core kernels (cuda_spmm_kernel.h, cuda_spmm_narrow.h) spend a shared-memory read of
 // a dense row and several instructions on every nonzero; 16-bit tensor cores multiply a whole
@@ -8,16 +9,17 @@
 //   2. expands the block's nonzeros into a dense beta x beta tile of T in shared memory, with
 //      the roles of the local row and column swapped for the transposed product (so both
 //      directions cost the same), and
-//   3. multiplies the two with mma.m16n8k16 (float32 accumulators in registers).
+//   3. multiplies the two on tensor cores (float32 accumulators in registers).
 // The slice is copied while the tile is expanded, so its latency hides behind the expansion.
 // At 90% sparsity the tensor cores do 10x the useful multiply-adds, at ~15x the CUDA-core rate,
-// and the per-nonzero work is one load and one store.
+// and the per-nonzero work is one load and one store. Float32 pays three products for each, so
+// its tensor cores win only where the blocks are fuller (tensor_cores_preferred).
 //
 // Structural zeros must contribute nothing, even where D holds Inf or NaN (a dense product
-// would give 0 * Inf = NaN there). Products with finite operands are exact in float32 either
-// way, so a warp whose sums are all finite keeps them; a warp with any non-finite sum
-// recomputes its part of the tile over the stored nonzeros alone (a slow path that finite data
-// never takes).
+// would give 0 * Inf = NaN there). Where every value is finite a structural zero adds an exact
+// 0, so a warp whose sums are all finite keeps them; a warp with any non-finite sum recomputes
+// its part of the tile over the stored nonzeros alone (a slow path that finite data never
+// takes).
 //
 // The warps of a thread block take the line's positions in turn and add their partial tiles in
 // warp order, and the blocks of a cluster in rank order (as the narrow family): every sum has a
@@ -36,19 +38,23 @@
 namespace jaxcsb::cuda {
 namespace tensor_detail {
 
-// Shared-memory layout of one warp for block size kBeta and a tile of kTile columns of n.
-// Row strides are padded by 16 bytes so that the 8 rows read by one ldmatrix phase fall into
-// distinct bank groups.
-template <int kBeta_, int kTile_, bool kBatchLeading>
+// Shared-memory layout of one warp for value type T, block size kBeta and a tile of kTile
+// columns of n. Row strides are padded so that the rows read by one fragment load fall into
+// distinct banks: by 16 bytes for the 8 rows of an ldmatrix phase (16-bit values); for float32,
+// whose fragments are read value by value (lane 4 g + t reads row g, column t of a piece, or row
+// t, column g), by 4 values where rows advance with g and 8 where they advance with t.
+template <typename T, int kBeta_, int kTile_, bool kBatchLeading>
 struct TensorShape {
   static constexpr int kBeta = kBeta_;
   static constexpr int kTile = kTile_;
-  static constexpr int kStrips = kBeta / 16;  // 16-row strips of output, and 16-deep k steps
+  static constexpr bool kTf32 = std::is_same_v<T, float>;
+  static constexpr int kStrips = kBeta / 16;  // 16-row strips of output
   static constexpr int kNTiles = kTile / 8;   // 8-column pieces of an mma's output
+  static constexpr int kPadG = kTf32 ? 4 : 8, kPadT = 8;
   // The expanded block, [out][in] in T.
-  static constexpr int kAStride = kBeta + 8;
+  static constexpr int kAStride = kBeta + kPadG;
   // The slice of D as stored: [in][n] for row-major D, [n][in] for the batch-leading layout.
-  static constexpr int kBStride = kBatchLeading ? kBeta + 8 : kTile + 8;
+  static constexpr int kBStride = kBatchLeading ? kBeta + kPadG : kTile + kPadT;
   static constexpr int kBRows = kBatchLeading ? kTile : kBeta;
   // The warp's float32 partial tile at the end, [out][n], kPartWidth columns at a time (a lane
   // per column in the exact path); it reuses the expanded block's space.
@@ -56,14 +62,14 @@ struct TensorShape {
   static constexpr int kParts = kTile / kPartWidth;
   static constexpr int kPartStride = kPartWidth + 4;
   static constexpr size_t kTileBytes =
-      std::max<size_t>(size_t{kBeta} * kAStride * 2, size_t{kBeta} * kPartStride * 4);
-  static constexpr size_t kSliceBytes = size_t{kBRows} * kBStride * 2;
+      std::max<size_t>(size_t{kBeta} * kAStride * sizeof(T), size_t{kBeta} * kPartStride * 4);
+  static constexpr size_t kSliceBytes = size_t{kBRows} * kBStride * sizeof(T);
   // The expanded block (or the partial tile), then the slice of D.
   static constexpr size_t kWarpBytes = kTileBytes + kSliceBytes;
   // Thread blocks per multiprocessor that the registers must allow (4 warps each): the most
   // that the shared memory holds, but 2 for 64 columns, whose accumulators alone take 128
-  // registers a thread (3 would spill).
-  static constexpr int kMinBlocks = kTile == 16 ? 4 : kTile == 32 ? 3 : 2;
+  // registers a thread (3 would spill), and 2 for float32 at beta 64 (27 KiB a warp).
+  static constexpr int kMinBlocks = kTile == 64 || (kTf32 && kBeta == 64) ? 2 : kTile == 32 ? 3 : 4;
 
   static_assert(kBeta == 16 || kBeta == 32 || kBeta == 64, "block sizes 16, 32 and 64");
   static_assert(kTile == 16 || kTile == 32 || kTile == 64, "tiles of 16, 32 or 64 columns");
@@ -71,7 +77,7 @@ struct TensorShape {
 };
 
 // Starts copying the block's slice of D (input indices in_base.., columns n0..) into `slice`,
-// as stored, zero outside the operand (copy_tile; `vec`: aligned rows of a multiple of 8 values).
+// as stored, zero outside the operand (copy_tile; `vec`: aligned rows of whole 16-byte pieces).
 template <typename T, class S, bool kBatchLeading>
 __device__ __forceinline__ void copy_slice(const LineParams& p, T* slice, int64_t in_base,
                                            int64_t n0, bool vec) {
@@ -83,16 +89,33 @@ __device__ __forceinline__ void copy_slice(const LineParams& p, T* slice, int64_
                                                     cols, row0, col0, vec, threadIdx.x % 32);
 }
 
-// Eight consecutive positions of the local and value arrays, two 16-bit entries to a word
-// (the lower one first), as one 16-byte load of each brings them.
+// A value's bits: the expansion stores them without converting.
+template <typename T>
+using ValueBits = std::conditional_t<sizeof(T) == 4, uint32_t, uint16_t>;
+
+// Eight consecutive positions of the local and value arrays, as 16-byte loads bring them: the
+// local indices two to a word (the lower one first), the values' bits two to a word for 16-bit
+// types and one for float32.
+template <typename T>
 struct Piece {
+  static constexpr int kValueWords = 2 * sizeof(T);
   uint32_t local[4];
-  uint32_t values[4];
+  uint32_t values[kValueWords];
 };
 
-// Entry i (0..7) of a piece's words.
+// Entry i (0..7) of four words of 16-bit entries.
 __device__ __forceinline__ unsigned entry(const uint32_t (&words)[4], int i) {
   return i % 2 ? words[i / 2] >> 16 : words[i / 2] & 0xffffu;
+}
+
+// The bits of value i (0..7) of a piece.
+template <typename T>
+__device__ __forceinline__ ValueBits<T> value_bits(const Piece<T>& piece, int i) {
+  if constexpr (sizeof(T) == 4) {
+    return piece.values[i];
+  } else {
+    return static_cast<ValueBits<T>>(entry(piece.values, i));
+  }
 }
 
 // Whether a local index lies inside a block of kBeta x kBeta: both of its bytes below kBeta.
@@ -102,31 +125,37 @@ __device__ __forceinline__ bool in_block(unsigned local) {
   return (local & kOutside) == 0;
 }
 
-// Loads the piece at position c: one 16-byte load of each array when `vec` (both arrays 16-byte
+// Loads the piece at position c: 16-byte loads of each array when `vec` (both arrays 16-byte
 // aligned) and the piece lies inside the arrays, else entry by entry (zero past the arrays).
 template <typename T>
-__device__ __forceinline__ Piece load_piece(const uint16_t* local, const T* values, int c,
-                                            int64_t nnz, bool vec) {
-  Piece piece;
+__device__ __forceinline__ Piece<T> load_piece(const uint16_t* local, const T* values, int c,
+                                               int64_t nnz, bool vec) {
+  Piece<T> piece;
   if (vec && int64_t{c} + 8 <= nnz) {
     const uint4 l = __ldg(reinterpret_cast<const uint4*>(local + c));
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(values + c));
-    piece = {{l.x, l.y, l.z, l.w}, {v.x, v.y, v.z, v.w}};
+    piece.local[0] = l.x, piece.local[1] = l.y, piece.local[2] = l.z, piece.local[3] = l.w;
+    const uint4* v = reinterpret_cast<const uint4*>(values + c);
+#pragma unroll
+    for (int j = 0; j < Piece<T>::kValueWords / 4; ++j) {
+      const uint4 w = __ldg(v + j);
+      piece.values[4 * j] = w.x, piece.values[4 * j + 1] = w.y;
+      piece.values[4 * j + 2] = w.z, piece.values[4 * j + 3] = w.w;
+    }
   } else {
-    const uint16_t* raw_values = reinterpret_cast<const uint16_t*>(values);
+    const ValueBits<T>* raw_values = reinterpret_cast<const ValueBits<T>*>(values);
+    constexpr int kPerWord = 4 / sizeof(ValueBits<T>);  // values to a word
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      uint32_t l = 0, v = 0;
+    for (int j = 0; j < 4; ++j) piece.local[j] = 0;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t e = int64_t{c} + 2 * j + h;
-        if (e < nnz) {
-          l |= uint32_t{__ldg(local + e)} << (16 * h);
-          v |= uint32_t{__ldg(raw_values + e)} << (16 * h);
-        }
+    for (int j = 0; j < Piece<T>::kValueWords; ++j) piece.values[j] = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int64_t e = int64_t{c} + i;
+      if (e < nnz) {
+        piece.local[i / 2] |= uint32_t{__ldg(local + e)} << (16 * (i % 2));
+        piece.values[i / kPerWord] |= uint32_t{__ldg(raw_values + e)}
+                                      << (8 * sizeof(ValueBits<T>) * (i % kPerWord));
       }
-      piece.local[j] = l;
-      piece.values[j] = v;
     }
   }
   return piece;
@@ -142,13 +171,14 @@ __device__ __forceinline__ void expand_block(const uint16_t* local, const T* val
                                              int64_t nnz, bool vec, T* a) {
   constexpr int kPasses = 2;  // 512 positions per round of loads
   const int lane = threadIdx.x % 32;
-  uint16_t* tile = reinterpret_cast<uint16_t*>(a);  // entries are stored as their bits
+  ValueBits<T>* tile = reinterpret_cast<ValueBits<T>*>(a);  // entries are stored as their bits
   uint4* a4 = reinterpret_cast<uint4*>(a);
-  for (int i = lane; i < S::kBeta * S::kAStride / 8; i += 32) a4[i] = make_uint4(0, 0, 0, 0);
+  constexpr int kPieces = S::kBeta * S::kAStride * sizeof(T) / 16;
+  for (int i = lane; i < kPieces; i += 32) a4[i] = make_uint4(0, 0, 0, 0);
   __syncwarp();
   bool repeats = false;
   for (int first = e0 / 8 * 8; first < e1; first += 8 * 32 * kPasses) {
-    Piece pieces[kPasses];
+    Piece<T> pieces[kPasses];
     // The entry after each piece, for the repeat test of its last entry where that lies in
     // [e0, e1).
     uint16_t beyond[kPasses];
@@ -174,7 +204,7 @@ __device__ __forceinline__ void expand_block(const uint16_t* local, const T* val
         repeats |= repeated;
         if (inside && !repeated) {
           tile[local_out(l, kTranspose) * S::kAStride + local_in(l, kTranspose)] =
-              static_cast<uint16_t>(entry(pieces[u].values, i));
+              value_bits(pieces[u], i);
         }
       }
     }
@@ -208,7 +238,7 @@ __device__ __forceinline__ void prefetch_nonzeros(const uint16_t* local, const T
   }
 }
 
-// acc += a (beta x beta, the expanded block) * slice (beta x tile).
+// acc += a (beta x beta, the expanded block) * slice (beta x tile), 16-bit values.
 template <typename T, class S, bool kBatchLeading>
 __device__ __forceinline__ void multiply_block(const T* a, const T* slice,
                                                float (&acc)[S::kStrips][S::kNTiles][4]) {
@@ -226,6 +256,44 @@ __device__ __forceinline__ void multiply_block(const T* a, const T* slice,
       load_a</*kStoredMK=*/true>(a, S::kAStride, s * 16, ks * 16, frag);
 #pragma unroll
       for (int nt = 0; nt < S::kNTiles; ++nt) mma_16x8x16<T>(acc[s][nt], frag, b[nt]);
+    }
+  }
+}
+
+// acc += a (beta x beta, the expanded block) * slice (beta x tile), float32 values in three TF32
+// products (split_tf32, mma_16x8x8_3xtf32). Each value is split once: a warp reads its tile
+// and its slice once per block.
+template <class S, bool kBatchLeading>
+__device__ __forceinline__ void multiply_block_3xtf32(const float* a, const float* slice,
+                                                      float (&acc)[S::kStrips][S::kNTiles][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
+    // The fragment layouts of mma.m16n8k8 (TF32): a holds rows g and g + 8, columns t and
+    // t + 4; b holds rows t and t + 4 of column g.
+    uint32_t b_big[S::kNTiles][2], b_small[S::kNTiles][2];
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        // The slice is [in][n] for row-major D, [n][in] for the batch-leading layout.
+        const int k = k0 + t + 4 * q, n = nt * 8 + g;
+        const float v = kBatchLeading ? slice[n * S::kBStride + k] : slice[k * S::kBStride + n];
+        split_tf32(v, b_big[nt][q], b_small[nt][q]);
+      }
+    }
+#pragma unroll
+    for (int s = 0; s < S::kStrips; ++s) {
+      uint32_t a_big[4], a_small[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int m = s * 16 + g + q % 2 * 8, k = k0 + t + q / 2 * 4;
+        split_tf32(a[m * S::kAStride + k], a_big[q], a_small[q]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < S::kNTiles; ++nt) {
+        mma_16x8x8_3xtf32(acc[s][nt], a_big, a_small, b_big[nt], b_small[nt]);
+      }
     }
   }
 }
@@ -262,7 +330,7 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   const T* values = static_cast<const T*>(p.values);
   const uintptr_t addr = reinterpret_cast<uintptr_t>(p.dense);
   const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
-  const bool vec = addr % 16 == 0 && row_len % 8 == 0;
+  const bool vec = addr % 16 == 0 && row_len % (16 / sizeof(T)) == 0;
   const bool vec_nonzeros = reinterpret_cast<uintptr_t>(p.local) % 16 == 0 &&
                             reinterpret_cast<uintptr_t>(values) % 16 == 0;
 
@@ -292,7 +360,11 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
                                        p.nnz, vec_nonzeros, a);
         cp_async_wait_all();
         __syncwarp();
-        multiply_block<T, S, kBatchLeading>(a, slice, acc);
+        if constexpr (S::kTf32) {
+          multiply_block_3xtf32<S, kBatchLeading>(a, slice, acc);
+        } else {
+          multiply_block<T, S, kBatchLeading>(a, slice, acc);
+        }
         __syncwarp();  // the tile and the slice are rewritten by the next block
       }
       e0 = f0;
@@ -364,7 +436,7 @@ constexpr WarpLaunch family() {
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
-  using S = TensorShape<kBeta, kTile, kBatchLeading>;
+  using S = TensorShape<T, kBeta, kTile, kBatchLeading>;
   LineParams p{};
   set_line_params(a, &p);
   return launch_warp_lines<tensor_kernel<T, S, kTranspose, kBatchLeading>>(p, family<S>(), dev,
@@ -375,7 +447,7 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
 // line and tile); INT64_MAX where it cannot run.
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
 int64_t waves(const SpmmArgs& a, const DeviceInfo& dev) {
-  using S = TensorShape<kBeta, kTile, kBatchLeading>;
+  using S = TensorShape<T, kBeta, kTile, kBatchLeading>;
   return family_waves<tensor_kernel<T, S, kTranspose, kBatchLeading>>(
       family<S>(), a.shape.num_lines() * ceil_div(a.n, int64_t{kTile}), dev);
 }
@@ -388,17 +460,20 @@ cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
   // 32-column one, but its 128 accumulator registers a thread hold two thread blocks per
   // multiprocessor instead of three. So it pays only where it takes fewer waves: bfloat16 4096^2
   // at 90%, n = 256 (one wave against two) 0.71-0.77x the time, n = 1024 0.86-0.94x; at as many
-  // waves 1.1-1.3x (n = 64, 192, 320, 384).
-  if (waves<T, kBeta, 64, kTranspose, kBatchLeading>(a, dev) <
-      waves<T, kBeta, 32, kTranspose, kBatchLeading>(a, dev)) {
-    return launch<T, kBeta, 64, kTranspose, kBatchLeading>(a, dev, stream, options);
+  // waves 1.1-1.3x (n = 64, 192, 320, 384). Float32 keeps 32 columns: at 64 its accumulators
+  // and split fragments would not fit in the registers.
+  if constexpr (sizeof(T) == 2) {
+    if (waves<T, kBeta, 64, kTranspose, kBatchLeading>(a, dev) <
+        waves<T, kBeta, 32, kTranspose, kBatchLeading>(a, dev)) {
+      return launch<T, kBeta, 64, kTranspose, kBatchLeading>(a, dev, stream, options);
+    }
   }
   return launch<T, kBeta, 32, kTranspose, kBatchLeading>(a, dev, stream, options);
 }
 
 }  // namespace tensor_detail
 
-// The tensor-core SpMM for 16-bit value type T and block size kBeta (tensor_cores_serve).
+// The tensor-core SpMM for value type T and block size kBeta (tensor_cores_serve).
 template <typename T, int kBeta>
 cudaError_t launch_spmm_tensor(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                                const SpmmOptions& options) {

@@ -37,13 +37,15 @@ def check_shape(shape) -> tuple[int, int]:
 
 
 # Largest default block size on a GPU, per value type. Larger blocks mean fewer, longer work
-# items, and a 16-bit product runs on tensor cores only at block sizes up to 64. Float32 gains
-# from 128: the wide SpMM stages a beta x 128 tile of the dense operand for every CSB block, and
-# at 90% sparsity and sparser a block of 128 shares it among 4x the nonzeros (H100, 4096 x 1024,
-# n = 4096: 0.62 -> 0.53 ms at 90%, 0.48 -> 0.35 ms at 95%, 0.41 -> 0.26 ms at 98%; the SDDMM
-# runs as fast or faster), at the price of small n (inference at a batch of 1 to 64 runs
-# 1.3-2.5x slower than at 64). Beta 256 ran SpMM 1.4-3.7x slower than 128 from 95% sparsity
-# down. The CPU kernels gain from every doubling up to 256 (fewer, longer rows of work).
+# items, and products run on tensor cores only at block sizes up to 64. Float32 gains from 128
+# at 90% sparsity and sparser (the default picks 128 there): the wide SpMM stages a beta x 128
+# tile of the dense operand for every CSB block, and a block of 128 shares it among 4x the
+# nonzeros (H100, 4096 x 1024, n = 4096: 0.62 -> 0.53 ms at 90%, 0.48 -> 0.35 ms at 95%,
+# 0.41 -> 0.26 ms at 98%; the SDDMM runs as fast or faster; float32 on tensor cores at 64, in
+# three TF32 products, takes 0.72-0.82 ms at 90%), at the price of small n (inference at a
+# batch of 1 to 64 runs 1.3-2.5x slower than at 64). Beta 256 ran SpMM 1.4-3.7x slower than
+# 128 from 95% sparsity down. The CPU kernels gain from every doubling up to 256 (fewer, longer
+# rows of work).
 # Dtypes other than the 16-bit ones count as float32: a layer's float64 (without
 # jax_enable_x64) runs in it, and the constructors reject the rest.
 GPU_MAX_DEFAULT_BLOCK_SIZE = 128

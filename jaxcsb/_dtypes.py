@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-# The 16-bit value types, whose products run on tensor cores on a GPU.
+# The 16-bit value types, whose default block size on a GPU is at most 64 (_build.py).
 HALF_DTYPES = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 SUPPORTED_DTYPES = (np.dtype(jnp.float32), *HALF_DTYPES)
 _NAMES = "float32, bfloat16 or float16"

@@ -57,13 +57,14 @@ def assert_same_nonfinite(actual, expected, scale, dtype, what):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_nan_and_inf_propagate_like_the_dense_product_over_stored_entries(layout, dtype):
+@pytest.mark.parametrize("n", [6, 80])  # 80: float32 on tensor cores on a GPU
+def test_nan_and_inf_propagate_like_the_dense_product_over_stored_entries(layout, dtype, n):
     """NaN and +-Inf in the values or in the dense operand reach exactly the outputs that a
     stored nonzero connects them to, with IEEE semantics (Inf - Inf = NaN, 0 * Inf = NaN for
     an explicitly stored zero). Structural zeros contribute nothing: unlike a dense product,
     where 0 * Inf = NaN would spread an Inf of x into every output, an Inf meeting only
     structural zeros leaves the output finite."""
-    seed = seed_of("nonfinite", layout, dtype)
+    seed = seed_of("nonfinite", layout, dtype, n)
     mask = random_mask(SHAPE, 0.3, 20261121)
     mask[7, :] = mask[:, 5] = False  # row 7 and column 5 hold only structural zeros
     w = random_dense(SHAPE, dtype, seed)
@@ -72,7 +73,7 @@ def test_nan_and_inf_propagate_like_the_dense_product_over_stored_entries(layout
     values = np.asarray(A.values).copy()
     values[[3, 40, 41, 100]] = [np.nan, np.inf, -np.inf, 0.0]  # 100: an explicit zero
     A = A.with_values(jax.device_put(values))
-    x = random_dense(dense_operand_shape(layout, SHAPE, 6), dtype, seed + 1)
+    x = random_dense(dense_operand_shape(layout, SHAPE, n), dtype, seed + 1)
     # Put an Inf and a NaN into x at inputs that stored nonzeros read; the explicit zero's
     # input gets an Inf (0 * Inf = NaN there).
     reads = col if layout in ("A@B", "X@AT") else row

@@ -308,7 +308,7 @@ std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, b
   const SpmmKernel preferred = preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32);
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
-    if (k != preferred && spmm_kernel_serves(k, beta, t != DType::kF32)) kernels.push_back(k);
+    if (k != preferred && spmm_kernel_serves(k, beta)) kernels.push_back(k);
   }
   return kernels;
 }
@@ -442,7 +442,7 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int64_t n : {1, 70}) {
           check_spmm(full, t, n, tr, bl, {}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
-          if (t != DType::kF32) check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
+          check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
         }
       }
     }
@@ -506,7 +506,7 @@ int run_check(int level, const DeviceInfo& dev) {
           for (int bl = 0; bl < 2; ++bl) {
             for (SpmmKernel k :
                  {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
-              if (spmm_kernel_serves(k, beta, t != DType::kF32)) {
+              if (spmm_kernel_serves(k, beta)) {
                 check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
               }
             }
@@ -523,7 +523,7 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
-            if (spmm_kernel_serves(k, beta, t != DType::kF32)) {
+            if (spmm_kernel_serves(k, beta)) {
               check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
           }
