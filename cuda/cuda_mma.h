@@ -63,18 +63,25 @@ __device__ __forceinline__ void mma_16x8x8_tf32(float (&acc)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Splits x into big + small, both TF32: big keeps the top 10 bits of the mantissa (truncated,
-// so that it never overflows) and small = x - big is exact. An infinite x gives small = 0, not
-// Inf - Inf; a NaN stays NaN.
+// Splits x into big + small, both TF32: big is x rounded to TF32 (to nearest; truncated where
+// rounding would overflow), and small = x - big is exact and at most 2^-11 |x|, so that the
+// tensor cores' reading of small (its top 10 bits of mantissa) loses at most 2^-21 |x|. An
+// infinite x gives small = 0, not Inf - Inf; a NaN stays NaN.
 __device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
-  const float hi = __uint_as_float(__float_as_uint(x) & 0xffffe000u);
+  // Halfway between the largest TF32 value (FLT_MAX truncated) and 2^128: from here up,
+  // rounding gives Inf.
+  constexpr float kRoundsToInf = 0x1.ffep127f;
+  uint32_t rounded;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(rounded) : "f"(x));
+  const float hi = fabsf(x) < kRoundsToInf ? __uint_as_float(rounded)
+                                           : __uint_as_float(__float_as_uint(x) & 0xffffe000u);
   big = __float_as_uint(hi);
   small = __float_as_uint(x == hi ? 0.0f : x - hi);
 }
 
 // acc += a * b at about float32 accuracy in three TF32 products (3xTF32): a_big b_small +
-// a_small b_big + a_big b_big, the small terms first; a_small b_small (below 2^-20 of a b) is
-// left out.
+// a_small b_big + a_big b_big, the small terms first; a_small b_small (at most 2^-22 of a b) is
+// left out. Each product is within about 2^-20 of a b (split_tf32).
 __device__ __forceinline__ void mma_16x8x8_3xtf32(float (&acc)[4], const uint32_t (&a_big)[4],
                                                   const uint32_t (&a_small)[4],
                                                   const uint32_t (&b_big)[2],

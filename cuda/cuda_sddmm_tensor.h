@@ -7,8 +7,8 @@
 // float32 accumulators, and keeps C at the blocks' nonzeros. At 90% sparsity that is 10x the
 // useful multiply-adds, at ~15x the CUDA-core rate for 16-bit values (mma.m16n8k16). Float32
 // values take three TF32 products (mma.m16n8k8 on each operand split into a TF32 part and its
-// remainder; up to about 3 x 2^-20 of each product lost, against 2^-24 in float32), which pay where
-// the blocks are dense enough (tensor_sddmm_preferred). Each warp owns a 16-row strip of C,
+// remainder; up to about 2^-20 of each product lost, against 2^-24 in float32), which pay
+// where the blocks are dense enough (tensor_sddmm_preferred). Each warp owns a 16-row strip of C,
 // whose accumulators stay in registers for the whole walk over n. The region's rows of L and
 // columns of R go through shared memory in chunks of 128 bytes of n, copied as stored
 // (cp.async, the next chunk in flight while this one is multiplied) and read with ldmatrix

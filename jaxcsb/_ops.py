@@ -286,7 +286,7 @@ def csb_matmul(a, b, *, impl: str = "auto"):
 
     In the native GPU kernels, float32 matrices of block size 64 or less (the default from a
     density of 1/8 up) multiply more than one column or row of the dense operand on tensor
-    cores in three TF32 products per multiply-add (each product within about 3 * 2**-20 of its
+    cores in three TF32 products per multiply-add (each product within about 2**-20 of its
     float32 value, where a float32 multiply-add rounds at 2**-24); larger blocks, a single
     vector, ``impl="jax"`` and the CPU multiply-add in float32.
 
@@ -351,7 +351,7 @@ def sddmm(a, b, pattern: CSB, *, impl: str = "auto") -> CSB:
 
     Sums accumulate in float32. In the native GPU kernels, float32 patterns that hold at least
     1/8 of their positions run on tensor cores in three TF32 products per multiply-add (each
-    product within about 3 * 2**-20 of its float32 value, where a float32 multiply-add rounds
+    product within about 2**-20 of its float32 value, where a float32 multiply-add rounds
     at 2**-24); sparser ones, ``impl="jax"`` and the CPU multiply-add in float32.
     """
     _check_impl(impl)
