@@ -63,20 +63,15 @@ __device__ __forceinline__ void mma_16x8x8_tf32(float (&acc)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Splits x into big + small, both TF32: big is x rounded to TF32 (to nearest; truncated where
-// rounding would overflow), and small = x - big is exact and at most 2^-11 |x|, so that the
-// tensor cores' reading of small (its top 10 bits of mantissa) loses at most 2^-21 |x|. An
-// infinite x gives small = 0, not Inf - Inf; a NaN stays NaN.
+// Splits x into big + small, both TF32: big is x rounded to TF32 (to nearest, ties away from
+// zero: half the weight of its last mantissa bit added to the bits, then the 13 bits below
+// cleared), and small = x - big is exact and at most 2^-11 |x|, so that the tensor cores'
+// reading of small (its top 10 bits of mantissa) loses at most 2^-21 |x|. small may have the
+// opposite sign of x, so a product with an infinite value (or a finite one that rounds up past
+// FLT_MAX) can come out NaN where IEEE gives Inf: callers recompute non-finite results exactly.
 __device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
-  // Halfway between the largest TF32 value (FLT_MAX truncated) and 2^128: from here up,
-  // rounding gives Inf.
-  constexpr float kRoundsToInf = 0x1.ffep127f;
-  uint32_t rounded;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(rounded) : "f"(x));
-  const float hi = fabsf(x) < kRoundsToInf ? __uint_as_float(rounded)
-                                           : __uint_as_float(__float_as_uint(x) & 0xffffe000u);
-  big = __float_as_uint(hi);
-  small = __float_as_uint(x == hi ? 0.0f : x - hi);
+  big = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+  small = __float_as_uint(x - __uint_as_float(big));
 }
 
 // acc += a * b at about float32 accuracy in three TF32 products (3xTF32): a_big b_small +

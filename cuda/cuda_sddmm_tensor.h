@@ -108,6 +108,23 @@ __device__ __forceinline__ void copy_chunk(const Params& p, int64_t row0, int64_
                                  p.rhs_vec);
 }
 
+// C[row, col] over all of n in float32 on CUDA cores, in storage order: the slow path of
+// entries whose tensor-core sum is not finite. Three TF32 products do not keep IEEE semantics
+// there (split_tf32: a remainder's sign may differ from its value's, so x * Inf can give
+// Inf - Inf), and a 16-bit product takes the same path, for one rule.
+template <typename T>
+__device__ float exact_entry(const SddmmArgs& a, int64_t row, int64_t col) {
+  const T* lhs = static_cast<const T*>(a.lhs);
+  const T* rhs = static_cast<const T*>(a.rhs);
+  float sum = 0.0f;
+  for (int64_t k = 0; k < a.n; ++k) {
+    const T l = a.lhs_transposed ? lhs[k * a.shape.rows + row] : lhs[row * a.n + k];
+    const T r = a.rhs_transposed ? rhs[col * a.n + k] : rhs[k * a.shape.cols + col];
+    sum = fmaf(to_float(l), to_float(r), sum);
+  }
+  return sum;
+}
+
 // Value (i, k) of a staged chunk: i the row of L or column of R, k the index along n.
 template <bool kNMajor>
 __device__ __forceinline__ float staged(const float* tile, int stride, int i, int k) {
@@ -242,7 +259,12 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
         const uint16_t l = p.a.local[e];
         // Masking keeps a corrupt local index inside the block.
         const int row = local_row(l) & (S::kBeta - 1), col = local_col(l) & (S::kBeta - 1);
-        out[e] = from_float<T>(c_block[row * S::kCStride + col]);
+        float c = c_block[row * S::kCStride + col];
+        if (!isfinite(c)) {
+          const int64_t region_row = d / S::kSpan * S::kBeta, region_col = d % S::kSpan * S::kBeta;
+          c = exact_entry<T>(p.a, row0 + region_row + row, col0 + region_col + col);
+        }
+        out[e] = from_float<T>(c);
       }
     }
     __syncthreads();  // C is the next region's stages
