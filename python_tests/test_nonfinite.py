@@ -115,11 +115,15 @@ def test_nan_and_inf_in_sddmm(dtype):
     b = random_dense((5, SHAPE[1]), dtype, seed + 2)
     a[4, 2] = np.nan
     b[1, 7] = np.inf
+    # Values exact in TF32 (1.0) meet a -Inf: the tensor cores' three TF32 products split each
+    # value into a TF32 part and a remainder (0 here), and 0 * -Inf must not turn -Inf into NaN.
+    a[:, 3] = 1.0
+    b[3, 9] = -np.inf
     with np.errstate(invalid="ignore"):
         want, _ = sddmm_reference(A, a, b)
     finite_a, finite_b = np.nan_to_num(a.astype(np.float64)), np.nan_to_num(b.astype(np.float64))
     _, scale = sddmm_reference(A, np.abs(finite_a), np.minimum(np.abs(finite_b), 10.0))
-    assert np.isnan(want).any() and np.isinf(want).any()
+    assert np.isnan(want).any() and np.isposinf(want).any() and np.isneginf(want).any()
     for impl in ("auto", "jax"):
         got = jaxcsb.sddmm(jax.device_put(a), jax.device_put(b), A, impl=impl).values
         assert_same_nonfinite(got, want, scale, dtype, f"sddmm {impl}")
