@@ -126,23 +126,31 @@ constexpr int kTensorMaxWarps = 4;
 
 constexpr bool tensor_cores_serve(int beta) { return beta <= kTensorMaxBeta; }
 
-// Whether the tensor cores take a product that they serve: every one with n > 1. At n = 1 a
-// 16-column tile wastes 15/16 of the work, and the narrow family's vector walk reads the
-// weights once at near copy speed (forward); 16-bit values still gain on the transposed walk
-// there, float32, whose tensor cores take three TF32 products per multiply-add, does not
-// (4096^2 at density 0.1-0.3, beta 32-64: 0.7-1.4x the narrow walk's time). Float32 on an H100
-// (kernel_check bench, feature-major / batch-leading): 4096^2, beta 64, density 0.2, n = 16
-// and 64: 1.2-2.4x and 2.9-3.2x faster than the best CUDA-core kernel; 4096 x 1024, n = 4096:
-// beta 64, density 0.2, 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5,
-// 0.84-1.5x (the feature-major layout loses up to 1.19x there, the batch-leading one gains).
-constexpr bool tensor_cores_preferred(long long n, int beta, bool transpose, bool half_precision) {
-  return tensor_cores_serve(beta) && (n > 1 || (transpose && half_precision));
+// Whether the tensor cores take a product that they serve: every one with n > 1, and for
+// float32, whose tensor cores take three TF32 products per multiply-add at any density, every
+// one that holds at least kTensorMinDensityF32 of its positions (the default block size is 64
+// or less from there up). At n = 1 a 16-column tile wastes 15/16 of the work, and the narrow
+// family's vector walk reads the weights once at near copy speed (forward); 16-bit values
+// still gain on the transposed walk there, float32 does not (4096^2 at density 0.1-0.3, beta
+// 32-64: 0.7-1.4x the narrow walk's time). Float32 on an H100 (kernel_check bench,
+// feature-major / batch-leading): 4096^2, beta 64, density 0.2, n = 16 and 64: 1.2-2.4x and
+// 2.9-3.2x faster than the best CUDA-core kernel; 4096 x 1024, n = 4096: beta 64, density 0.2,
+// 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5, 0.84-1.5x (the feature-major
+// layout loses up to 1.19x there, the batch-leading one gains). Below 1/8 the CUDA-core kernels
+// follow the nonzeros down: beta 64 at density 0.1, n = 4096, 0.61 against 0.72-0.82 ms; the
+// DLMC ResNet-50 64 x 576 layer at 90% and 95% (beta 64, n = 100352) 1.3-1.8x faster.
+constexpr double kTensorMinDensityF32 = 0.125;
+constexpr bool tensor_cores_preferred(long long n, int beta, double density, bool transpose,
+                                      bool half_precision) {
+  if (!tensor_cores_serve(beta)) return false;
+  if (half_precision) return n > 1 || transpose;
+  return n > 1 && density >= kTensorMinDensityF32;
 }
 
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)
 // computing their dense product over all of n, whatever the sparsity. 16-bit values at the
 // tensor-core block sizes: 2-4.5x faster than the CUDA-core kernel from n = 16 to 4096. Float32
-// in three TF32 products at block sizes up to 128, from a density of 1/8: the CUDA-core
+// in three TF32 products at block sizes up to 128, from kTensorMinDensityF32: the CUDA-core
 // kernel's time follows the nonzeros, the tensor cores' does not, and they cross at densities
 // of 0.1-0.12 (4096 x 1024, n = 4096, feature-major: 0.52, 0.94 and 1.01 ms at densities 0.1,
 // 0.15 and 0.2 on CUDA cores, 0.69 ms on tensor cores). A forced cluster size asks for the
@@ -150,10 +158,9 @@ constexpr bool tensor_cores_preferred(long long n, int beta, bool transpose, boo
 constexpr int tensor_sddmm_max_beta(bool half_precision) {
   return half_precision ? kTensorMaxBeta : 128;
 }
-constexpr double kTensorSddmmMinDensityF32 = 0.125;
 constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double density, int cluster) {
   return cluster <= 0 && beta <= tensor_sddmm_max_beta(half_precision) &&
-         (half_precision || density >= kTensorSddmmMinDensityF32);
+         (half_precision || density >= kTensorMinDensityF32);
 }
 
 // Whether kernel family `kernel` can run a product of block size beta (kAuto and the wide
@@ -172,7 +179,9 @@ constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta) {
 // The kernel family that serves a product by default.
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
                                            bool half_precision) {
-  if (tensor_cores_preferred(n, beta, transpose, half_precision)) return SpmmKernel::kTensor;
+  if (tensor_cores_preferred(n, beta, density, transpose, half_precision)) {
+    return SpmmKernel::kTensor;
+  }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
   return SpmmKernel::kWide;
 }
