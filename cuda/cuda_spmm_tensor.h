@@ -125,6 +125,14 @@ __device__ __forceinline__ bool in_block(unsigned local) {
   return (local & kOutside) == 0;
 }
 
+// The four words of a 16-byte load, in order.
+__device__ __forceinline__ void unpack(uint4 w, uint32_t* words) {
+  words[0] = w.x;
+  words[1] = w.y;
+  words[2] = w.z;
+  words[3] = w.w;
+}
+
 // Loads the piece at position c: 16-byte loads of each array when `vec` (both arrays 16-byte
 // aligned) and the piece lies inside the arrays, else entry by entry (zero past the arrays).
 template <typename T>
@@ -132,15 +140,10 @@ __device__ __forceinline__ Piece<T> load_piece(const uint16_t* local, const T* v
                                                int64_t nnz, bool vec) {
   Piece<T> piece;
   if (vec && int64_t{c} + 8 <= nnz) {
-    const uint4 l = __ldg(reinterpret_cast<const uint4*>(local + c));
-    piece.local[0] = l.x, piece.local[1] = l.y, piece.local[2] = l.z, piece.local[3] = l.w;
+    unpack(__ldg(reinterpret_cast<const uint4*>(local + c)), piece.local);
     const uint4* v = reinterpret_cast<const uint4*>(values + c);
 #pragma unroll
-    for (int j = 0; j < Piece<T>::kValueWords / 4; ++j) {
-      const uint4 w = __ldg(v + j);
-      piece.values[4 * j] = w.x, piece.values[4 * j + 1] = w.y;
-      piece.values[4 * j + 2] = w.z, piece.values[4 * j + 3] = w.w;
-    }
+    for (int j = 0; j < Piece<T>::kValueWords / 4; ++j) unpack(__ldg(v + j), piece.values + 4 * j);
   } else {
     const ValueBits<T>* raw_values = reinterpret_cast<const ValueBits<T>*>(values);
     constexpr int kPerWord = 4 / sizeof(ValueBits<T>);  // values to a word
