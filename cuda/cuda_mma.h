@@ -86,6 +86,29 @@ __device__ __forceinline__ void mma_16x8x8_3xtf32(float (&acc)[4], const uint32_
   mma_16x8x8_tf32(acc, a_big, b_big);
 }
 
+// The A operand of mma_16x8x8_3xtf32 (rows m0..m0+15, k0..k0+7), split: value(m, k) reads the
+// tile. The fragment layout of mma.m16n8k8 (TF32): lane 4 g + t holds rows g and g + 8,
+// columns t and t + 4.
+template <class Value>
+__device__ __forceinline__ void split_a_tf32(Value value, int m0, int k0, uint32_t (&big)[4],
+                                             uint32_t (&small)[4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    split_tf32(value(m0 + g + q % 2 * 8, k0 + t + q / 2 * 4), big[q], small[q]);
+  }
+}
+
+// The B operand of mma_16x8x8_3xtf32 (k0..k0+7, columns n0..n0+7), split: value(k, n) reads
+// the tile. Lane 4 g + t holds rows t and t + 4 of column g.
+template <class Value>
+__device__ __forceinline__ void split_b_tf32(Value value, int k0, int n0, uint32_t (&big)[2],
+                                             uint32_t (&small)[2]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int q = 0; q < 2; ++q) split_tf32(value(k0 + t + 4 * q, n0 + g), big[q], small[q]);
+}
+
 // The A operand of mma_16x8x16 (rows m0..m0+15, k0..k0+15) from a tile in shared memory with
 // row stride `stride`, stored [m][k] (kStoredMK) or [k][m].
 template <bool kStoredMK, typename T>
@@ -123,9 +146,9 @@ __device__ __forceinline__ void load_b_pair(const T* tile, int stride, int k0, i
   b1[1] = r[3];
 }
 
-// Stores the accumulator of one mma_16x8x16 (16 x 8) into a float32 tile at `tile`, with row
-// stride `stride`. The layout of mma.m16n8k16: lane l holds rows l / 4 and l / 4 + 8, columns
-// 2 (l % 4) and 2 (l % 4) + 1.
+// Stores the accumulator of one mma_16x8x16 or mma_16x8x8 (16 x 8) into a float32 tile at
+// `tile`, with row stride `stride`. The layout of both: lane l holds rows l / 4 and l / 4 + 8,
+// columns 2 (l % 4) and 2 (l % 4) + 1.
 __device__ __forceinline__ void store_accumulator(float* tile, int stride, const float (&acc)[4]) {
   const int lane = threadIdx.x % 32;
   float* dst = tile + lane / 4 * stride + 2 * (lane % 4);

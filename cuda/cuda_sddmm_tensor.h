@@ -138,25 +138,17 @@ __device__ __forceinline__ void multiply_chunk_3xtf32(const float* stage,
                                                       float (&acc)[S::kNTiles][4]) {
   const float* l = stage;
   const float* r = stage + S::L::kValues;
-  const int m0 = threadIdx.x / 32 * 16, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int m0 = threadIdx.x / 32 * 16;
+  auto l_value = [&](int m, int k) { return staged<kLhsNMajor>(l, S::L::kStride, m, k); };
+  auto r_value = [&](int k, int n) { return staged<kRhsNMajor>(r, S::R::kStride, n, k); };
 #pragma unroll
   for (int k0 = 0; k0 < S::kChunk; k0 += 8) {
-    // The fragment layouts of mma.m16n8k8 (TF32): a holds rows g and g + 8, columns t and
-    // t + 4; b holds rows t and t + 4 of column g.
     uint32_t a_big[4], a_small[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float v = staged<kLhsNMajor>(l, S::L::kStride, m0 + g + q % 2 * 8, k0 + t + q / 2 * 4);
-      split_tf32(v, a_big[q], a_small[q]);
-    }
+    split_a_tf32(l_value, m0, k0, a_big, a_small);
 #pragma unroll
     for (int nt = 0; nt < S::kNTiles; ++nt) {
       uint32_t b_big[2], b_small[2];
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const float v = staged<kRhsNMajor>(r, S::R::kStride, nt * 8 + g, k0 + t + q * 4);
-        split_tf32(v, b_big[q], b_small[q]);
-      }
+      split_b_tf32(r_value, k0, nt * 8, b_big, b_small);
       mma_16x8x8_3xtf32(acc[nt], a_big, a_small, b_big, b_small);
     }
   }

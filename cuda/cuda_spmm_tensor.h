@@ -269,30 +269,22 @@ __device__ __forceinline__ void multiply_block(const T* a, const T* slice,
 template <class S, bool kBatchLeading>
 __device__ __forceinline__ void multiply_block_3xtf32(const float* a, const float* slice,
                                                       float (&acc)[S::kStrips][S::kNTiles][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // The slice is [in][n] for row-major D, [n][in] for the batch-leading layout.
+  auto slice_value = [&](int k, int n) {
+    return kBatchLeading ? slice[n * S::kBStride + k] : slice[k * S::kBStride + n];
+  };
+  auto block_value = [&](int m, int k) { return a[m * S::kAStride + k]; };
 #pragma unroll
   for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
-    // The fragment layouts of mma.m16n8k8 (TF32): a holds rows g and g + 8, columns t and
-    // t + 4; b holds rows t and t + 4 of column g.
     uint32_t b_big[S::kNTiles][2], b_small[S::kNTiles][2];
 #pragma unroll
     for (int nt = 0; nt < S::kNTiles; ++nt) {
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        // The slice is [in][n] for row-major D, [n][in] for the batch-leading layout.
-        const int k = k0 + t + 4 * q, n = nt * 8 + g;
-        const float v = kBatchLeading ? slice[n * S::kBStride + k] : slice[k * S::kBStride + n];
-        split_tf32(v, b_big[nt][q], b_small[nt][q]);
-      }
+      split_b_tf32(slice_value, k0, nt * 8, b_big[nt], b_small[nt]);
     }
 #pragma unroll
     for (int s = 0; s < S::kStrips; ++s) {
       uint32_t a_big[4], a_small[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int m = s * 16 + g + q % 2 * 8, k = k0 + t + q / 2 * 4;
-        split_tf32(a[m * S::kAStride + k], a_big[q], a_small[q]);
-      }
+      split_a_tf32(block_value, s * 16, k0, a_big, a_small);
 #pragma unroll
       for (int nt = 0; nt < S::kNTiles; ++nt) {
         mma_16x8x8_3xtf32(acc[s][nt], a_big, a_small, b_big[nt], b_small[nt]);
