@@ -148,6 +148,21 @@ constexpr bool tensor_cores_preferred(long long n, int beta, double density, boo
   return n > 1 && density >= kTensorMinDensityF32;
 }
 
+// Whether the tensor cores' warps split n, sharing each expanded block (split_n_kernel), rather
+// than the line's blocks: where n gives every warp of a thread block its tile several times over
+// and the lines are short enough that one thread block walks a whole line without waiting at
+// its barriers (three a block, where the warps that split a line run free of each other). On an
+// H100 (kernel_check bench, both layouts; beta 64 unless said): float32 0.62-0.80x the time at
+// n = 512 to 100352 on lines of 1 to 64 blocks (4096 x 1024 at density 0.2, n = 4096: 0.61-0.66
+// against 0.78-0.91 ms; 256 x 2304 transposed, n = 6272: 0.62-0.69x), 1.17-1.23x at n = 128;
+// beta 16 on lines of 128 blocks 1.34-1.4x in the feature-major layout. bfloat16 on lines of
+// 4-16 blocks 0.58-0.79x, on lines of 32 (2048 x 512 transposed, n = 2048) 1.08-1.36x, of 64
+// 1.2-1.4x.
+constexpr long long kSplitNMinN = 512;
+constexpr bool tensor_split_n_preferred(long long n, long long line_length, bool half_precision) {
+  return n >= kSplitNMinN && line_length <= (half_precision ? 16 : 64);
+}
+
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)
 // computing their dense product over all of n, whatever the sparsity. 16-bit values at the
 // tensor-core block sizes: 2-4.5x faster than the CUDA-core kernel from n = 16 to 4096. Float32
@@ -171,17 +186,20 @@ constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta) {
     case SpmmKernel::kNarrow:
       return narrow_n_supported(beta);
     case SpmmKernel::kTensor:
+    case SpmmKernel::kTensorSplitN:
       return tensor_cores_serve(beta);
     default:
       return true;
   }
 }
 
-// The kernel family that serves a product by default.
+// The kernel family that serves a product by default (line_length: the positions of a line of
+// the product's direction).
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
-                                           bool half_precision) {
+                                           bool half_precision, long long line_length) {
   if (tensor_cores_preferred(n, beta, density, transpose, half_precision)) {
-    return SpmmKernel::kTensor;
+    return tensor_split_n_preferred(n, line_length, half_precision) ? SpmmKernel::kTensorSplitN
+                                                                    : SpmmKernel::kTensor;
   }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
   return SpmmKernel::kWide;

@@ -63,8 +63,9 @@ cudaError_t device_info(cudaStream_t stream, DeviceInfo* info);
 
 // The SpMM kernel family: wide n (a thread block per line and 128-column tile of n), narrow n
 // (a warp per CSB block or band of its rows, for small n at block sizes up to 128) or tensor cores
-// (a warp per CSB block expanded into a dense tile, at block sizes up to 64); see cuda_config.h.
-enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor };
+// (CSB blocks expanded into dense tiles, at block sizes up to 64), whose warps split either the
+// line's blocks (kTensor) or n (kTensorSplitN); see cuda_config.h.
+enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor, kTensorSplitN };
 
 // Configuration forced by tests and benchmarks; the defaults let the heuristics choose.
 struct SpmmOptions {

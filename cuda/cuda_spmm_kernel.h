@@ -665,11 +665,13 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
     const SpmmKernel kernel =
         options.kernel != SpmmKernel::kAuto
             ? options.kernel
-            : preferred_spmm_kernel(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose, kHalf);
+            : preferred_spmm_kernel(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose, kHalf,
+                                    a.shape.line_length());
     if (!spmm_kernel_serves(kernel, kBeta)) return cudaErrorInvalidValue;
-    if (kernel == SpmmKernel::kTensor) {
+    if (kernel == SpmmKernel::kTensor || kernel == SpmmKernel::kTensorSplitN) {
       if constexpr (tensor_cores_serve(kBeta)) {
-        return launch_spmm_tensor<T, kBeta>(a, dev, stream, options);
+        return launch_spmm_tensor<T, kBeta>(a, dev, stream, options,
+                                            kernel == SpmmKernel::kTensorSplitN);
       }
     }
     if (kernel == SpmmKernel::kNarrow) {

@@ -23,8 +23,11 @@
 //
 // The warps of a thread block take the line's positions in turn and add their partial tiles in
 // warp order, and the blocks of a cluster in rank order (as the narrow family): every sum has a
-// fixed order, with no atomics and no workspace. Repeated positions (allowed, summed) are
-// added in float32 in storage order and rounded once to T in the tile.
+// fixed order, with no atomics and no workspace. Where n is long and lines short, the warps
+// split n instead (split_n_kernel): the thread block expands each block once for all of its
+// warps, each multiplies it by its own slice of D, and no warp adds another's tile.
+// Repeated positions (allowed, summed) are added in float32 in storage order and rounded once
+// to T in the tile.
 #pragma once
 
 #include <algorithm>
@@ -45,6 +48,7 @@ namespace tensor_detail {
 // t, column g), by 4 values where rows advance with g and 8 where they advance with t.
 template <typename T, int kBeta_, int kTile_, bool kBatchLeading>
 struct TensorShape {
+  using Value = T;
   static constexpr int kBeta = kBeta_;
   static constexpr int kTile = kTile_;
   static constexpr bool kTf32 = std::is_same_v<T, float>;
@@ -164,36 +168,60 @@ __device__ __forceinline__ Piece<T> load_piece(const uint16_t* local, const T* v
   return piece;
 }
 
-// Expands the block's nonzeros (positions [e0, e1) of local/values) into the dense tile
-// a[out][in], which is zeroed first. Lane l takes the pieces at positions first + 8 (32 u + l)
-// (first: e0 rounded down to a multiple of 8, so that the pieces are 16-byte loads) and stores
-// the entries of each that lie in [e0, e1). Positions are 32-bit: block_ptr is, so every
-// position fits.
-template <typename T, class S, bool kTranspose>
-__device__ __forceinline__ void expand_block(const uint16_t* local, const T* values, int e0, int e1,
-                                             int64_t nnz, bool vec, T* a) {
-  constexpr int kPasses = 2;  // 512 positions per round of loads
-  const int lane = threadIdx.x % 32;
-  ValueBits<T>* tile = reinterpret_cast<ValueBits<T>*>(a);  // entries are stored as their bits
-  uint4* a4 = reinterpret_cast<uint4*>(a);
+// The threads that expand a block together: a warp, for itself, or the whole thread block, for
+// warps that share the block (split_n_kernel). sync_any is a barrier that also tells whether
+// any thread's flag is set.
+struct WarpGroup {
+  __device__ static int rank() { return threadIdx.x % 32; }
+  __device__ static int size() { return 32; }
+  __device__ static void sync() { __syncwarp(); }
+  __device__ static bool sync_any(bool x) {
+    __syncwarp();  // the vote alone orders no memory
+    return __any_sync(0xffffffffu, x);
+  }
+};
+struct BlockGroup {
+  __device__ static int rank() { return threadIdx.x; }
+  __device__ static int size() { return blockDim.x; }
+  __device__ static void sync() { __syncthreads(); }
+  __device__ static bool sync_any(bool x) { return __syncthreads_or(x); }
+};
+
+// Zeroes the expanded block `a`, the threads of group G in turn.
+template <typename T, class S, class G>
+__device__ __forceinline__ void zero_block(T* a) {
   constexpr int kPieces = S::kBeta * S::kAStride * sizeof(T) / 16;
-  for (int i = lane; i < kPieces; i += 32) a4[i] = make_uint4(0, 0, 0, 0);
-  __syncwarp();
+  uint4* a4 = reinterpret_cast<uint4*>(a);
+  for (int i = G::rank(); i < kPieces; i += G::size()) a4[i] = make_uint4(0, 0, 0, 0);
+}
+
+// Stores the block's nonzeros (positions [e0, e1) of local/values) into the zeroed tile
+// a[out][in], by the threads of group G; returns whether this thread met repeated positions,
+// which it left to sum_repeats. Thread r of the group takes the pieces at positions
+// first + 8 (size u + r) (first: e0 rounded down to a multiple of 8, so that the pieces are
+// 16-byte loads) and stores the entries of each that lie in [e0, e1). Positions are 32-bit:
+// block_ptr is, so every position fits.
+template <typename T, class S, bool kTranspose, class G>
+__device__ __forceinline__ bool scatter_block(const uint16_t* local, const T* values, int e0,
+                                              int e1, int64_t nnz, bool vec, T* a) {
+  constexpr int kPasses = 2;  // 16 positions per thread per round of loads
+  const int rank = G::rank(), size = G::size();
+  ValueBits<T>* tile = reinterpret_cast<ValueBits<T>*>(a);  // entries are stored as their bits
   bool repeats = false;
-  for (int first = e0 / 8 * 8; first < e1; first += 8 * 32 * kPasses) {
+  for (int first = e0 / 8 * 8; first < e1; first += 8 * size * kPasses) {
     Piece<T> pieces[kPasses];
     // The entry after each piece, for the repeat test of its last entry where that lies in
     // [e0, e1).
     uint16_t beyond[kPasses];
 #pragma unroll
     for (int u = 0; u < kPasses; ++u) {
-      const int c = first + 8 * (32 * u + lane);
+      const int c = first + 8 * (size * u + rank);
       if (c < e1) pieces[u] = load_piece(local, values, c, nnz, vec);
       beyond[u] = c + 8 < e1 ? __ldg(local + c + 8) : 0;
     }
 #pragma unroll
     for (int u = 0; u < kPasses; ++u) {
-      const int c = first + 8 * (32 * u + lane);
+      const int c = first + 8 * (size * u + rank);
       if (c >= e1) break;
       // Entry i of the piece is a nonzero of the block when lo <= i < hi.
       const int lo = e0 - c, hi = e1 - c;
@@ -202,7 +230,7 @@ __device__ __forceinline__ void expand_block(const uint16_t* local, const T* val
         const unsigned l = entry(pieces[u].local, i);
         const unsigned next = i < 7 ? entry(pieces[u].local, i + 1) : beyond[u];
         const bool inside = i >= lo && i < hi && in_block<S::kBeta>(l);
-        // The last of a run of repeated positions stores; the runs are summed below.
+        // The last of a run of repeated positions stores; the runs are summed by sum_repeats.
         const bool repeated = inside && i + 1 < hi && next == l;
         repeats |= repeated;
         if (inside && !repeated) {
@@ -212,30 +240,54 @@ __device__ __forceinline__ void expand_block(const uint16_t* local, const T* val
       }
     }
   }
-  if (__any_sync(0xffffffffu, repeats)) {
-    __syncwarp();
-    if (lane == 0) {
-      float sum = 0.0f;
-      for (int k = e0; k < e1; ++k) {
-        const uint16_t l = __ldg(local + k);
-        sum += to_float(values[k]);
-        if (k + 1 < e1 && __ldg(local + k + 1) == l) continue;
-        if (in_block<S::kBeta>(l)) {
-          a[local_out(l, kTranspose) * S::kAStride + local_in(l, kTranspose)] = from_float<T>(sum);
-        }
-        sum = 0.0f;
-      }
-    }
-  }
-  __syncwarp();
+  return repeats;
 }
 
-// Asks L1 for the nonzeros [e0, e1) (local indices and values), which the warp expands next.
-template <typename T>
+// Stores each run of repeated positions of [e0, e1) into a as its sum, added in float32 in
+// storage order (one thread).
+template <typename T, class S, bool kTranspose>
+__device__ __forceinline__ void sum_repeats(const uint16_t* local, const T* values, int e0, int e1,
+                                            T* a) {
+  float sum = 0.0f;
+  for (int k = e0; k < e1; ++k) {
+    const uint16_t l = __ldg(local + k);
+    sum += to_float(values[k]);
+    if (k + 1 < e1 && __ldg(local + k + 1) == l) continue;
+    if (in_block<S::kBeta>(l)) {
+      a[local_out(l, kTranspose) * S::kAStride + local_in(l, kTranspose)] = from_float<T>(sum);
+    }
+    sum = 0.0f;
+  }
+}
+
+// The end of scatter_block: a barrier of group G, after which the tile is complete (with the
+// repeated positions summed where any thread met them).
+template <typename T, class S, bool kTranspose, class G>
+__device__ __forceinline__ void finish_block(bool repeats, const uint16_t* local, const T* values,
+                                             int e0, int e1, T* a) {
+  if (G::sync_any(repeats)) {
+    if (G::rank() == 0) sum_repeats<T, S, kTranspose>(local, values, e0, e1, a);
+    G::sync();
+  }
+}
+
+// Expands the block's nonzeros (positions [e0, e1) of local/values) into the dense tile
+// a[out][in], by the warp alone: zero, scatter, finish.
+template <typename T, class S, bool kTranspose>
+__device__ __forceinline__ void expand_block(const uint16_t* local, const T* values, int e0, int e1,
+                                             int64_t nnz, bool vec, T* a) {
+  zero_block<T, S, WarpGroup>(a);
+  __syncwarp();
+  const bool repeats =
+      scatter_block<T, S, kTranspose, WarpGroup>(local, values, e0, e1, nnz, vec, a);
+  finish_block<T, S, kTranspose, WarpGroup>(repeats, local, values, e0, e1, a);
+}
+
+// Asks L1 for the nonzeros [e0, e1) (local indices and values), which group G expands next.
+template <typename T, class G = WarpGroup>
 __device__ __forceinline__ void prefetch_nonzeros(const uint16_t* local, const T* values,
                                                   int64_t e0, int64_t e1) {
-  const int lane = threadIdx.x % 32;
-  for (int64_t e = e0 / 64 * 64 + 64 * lane; e < e1; e += 64 * 32) {
+  for (int64_t e = e0 / 64 * 64 + 64 * G::rank(); e < e1; e += 64 * G::size()) {
     asm volatile("prefetch.global.L1 [%0];" ::"l"(local + e));
     asm volatile("prefetch.global.L1 [%0];" ::"l"(values + e));
   }
@@ -293,6 +345,44 @@ __device__ __forceinline__ void multiply_block_3xtf32(const float* a, const floa
   }
 }
 
+// acc += a * slice, by the product of value type T.
+template <typename T, class S, bool kBatchLeading>
+__device__ __forceinline__ void multiply_tile(const T* a, const T* slice,
+                                              float (&acc)[S::kStrips][S::kNTiles][4]) {
+  if constexpr (S::kTf32) {
+    multiply_block_3xtf32<S, kBatchLeading>(a, slice, acc);
+  } else {
+    multiply_block<T, S, kBatchLeading>(a, slice, acc);
+  }
+}
+
+// Whether every sum of the warp's tile is finite (the same answer in every lane).
+template <class S>
+__device__ __forceinline__ bool warp_sums_finite(const float (&acc)[S::kStrips][S::kNTiles][4]) {
+  bool finite = true;
+#pragma unroll
+  for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) finite &= isfinite(acc[s][nt][i]);
+    }
+  }
+  return __all_sync(0xffffffffu, finite);
+}
+
+// Whether 16-byte loads may read D's rows (copy_slice) and the nonzeros (load_piece).
+struct VectorLoads {
+  bool dense, nonzeros;
+};
+template <typename T, bool kBatchLeading>
+__device__ __forceinline__ VectorLoads vector_loads(const LineParams& p) {
+  const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
+  const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  return {aligned(p.dense) && row_len % (16 / sizeof(T)) == 0,
+          aligned(p.local) && aligned(p.values)};
+}
+
 // The slow path for non-finite sums: part[out][n] += the block's products over its stored
 // nonzeros only, a lane per column of n, in storage order.
 template <typename T, class S, bool kTranspose, bool kBatchLeading>
@@ -323,11 +413,7 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   const auto [line, pos_begin, pos_end] = line_part(p);
   if (line >= p.num_lines) return;  // uniform over the cluster
   const T* values = static_cast<const T*>(p.values);
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(p.dense);
-  const int64_t row_len = kBatchLeading ? p.in_dim : p.n;
-  const bool vec = addr % 16 == 0 && row_len % (16 / sizeof(T)) == 0;
-  const bool vec_nonzeros = reinterpret_cast<uintptr_t>(p.local) % 16 == 0 &&
-                            reinterpret_cast<uintptr_t>(values) % 16 == 0;
+  const auto [vec, vec_nonzeros] = vector_loads<T, kBatchLeading>(p);
 
   if (blockIdx.y == 0) {
     prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp, pos_end, warps);
@@ -355,27 +441,14 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
                                        p.nnz, vec_nonzeros, a);
         cp_async_wait_all();
         __syncwarp();
-        if constexpr (S::kTf32) {
-          multiply_block_3xtf32<S, kBatchLeading>(a, slice, acc);
-        } else {
-          multiply_block<T, S, kBatchLeading>(a, slice, acc);
-        }
+        multiply_tile<T, S, kBatchLeading>(a, slice, acc);
         __syncwarp();  // the tile and the slice are rewritten by the next block
       }
       e0 = f0;
       e1 = f1;
     }
 
-    bool finite = true;
-#pragma unroll
-    for (int s = 0; s < S::kStrips; ++s) {
-#pragma unroll
-      for (int nt = 0; nt < S::kNTiles; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) finite &= isfinite(acc[s][nt][i]);
-      }
-    }
-    const bool all_finite = __all_sync(0xffffffffu, finite);
+    const bool all_finite = warp_sums_finite<S>(acc);
     // The tile's columns kPartWidth at a time through the warp's partial tile.
 #pragma unroll
     for (int h = 0; h < S::kParts; ++h) {
@@ -413,6 +486,119 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   }
 }
 
+// Warps that split n instead of the line's blocks (split_n_kernel): the thread block's
+// kTensorMaxWarps warps share each expanded block, each warp with its own kTile columns of n, so
+// a block is expanded once for all of them and no warp adds another's partial tile. Shared
+// memory: the expanded block and the warps' slices of D, then (reusing the same space) the
+// thread block's float32 partial tile, kWidth columns wide.
+template <class S>
+struct SplitNShape {
+  static constexpr int kWarps = kTensorMaxWarps;
+  static constexpr int kWidth = kWarps * S::kTile;
+  static constexpr int kPartStride = kWidth + 4;
+  static constexpr size_t kABytes = size_t{S::kBeta} * S::kAStride * sizeof(typename S::Value);
+  static constexpr size_t kBytes =
+      std::max(size_t{S::kBeta} * kPartStride * 4, kABytes + kWarps * S::kSliceBytes);
+
+  static_assert(S::kTile == S::kPartWidth, "a lane per column of the tile in the exact path");
+  static_assert(kABytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
+};
+
+// The slow path for non-finite sums of split_n_kernel: the warp's columns [n0, n0 + kTile) of
+// part[out][n] (row stride `stride`) over the stored nonzeros of the thread block's positions
+// alone, a lane per column, D read from global memory.
+template <typename T, class S, bool kTranspose, bool kBatchLeading>
+__device__ __forceinline__ void split_n_exact(const LineParams& p, int64_t line, int64_t pos_begin,
+                                              int64_t pos_end, int64_t n0, float* part,
+                                              int stride) {
+  const int lane = threadIdx.x % 32;
+  const int64_t col = n0 + lane;
+  for (int r = 0; r < S::kBeta; ++r) part[r * stride + lane] = 0.0f;
+  if (col >= p.n) return;
+  const T* values = static_cast<const T*>(p.values);
+  const T* dense = static_cast<const T*>(p.dense);
+  for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
+    int64_t e0, e1;
+    block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
+    for (int64_t e = e0; e < e1; ++e) {
+      const uint16_t l = __ldg(p.local + e);
+      const int o = local_out(l, kTranspose);
+      const int64_t in = pos * S::kBeta + local_in(l, kTranspose);
+      if (o >= S::kBeta || in >= p.in_dim) continue;
+      const T d = kBatchLeading ? dense[col * p.in_dim + in] : dense[in * p.n + col];
+      part[o * stride + lane] += to_float(values[e]) * to_float(d);
+    }
+  }
+}
+
+template <typename T, class S, bool kTranspose, bool kBatchLeading>
+__global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
+    split_n_kernel(const LineParams p) {
+  using N = SplitNShape<S>;
+  constexpr int kBeta = S::kBeta;
+  extern __shared__ __align__(16) unsigned char smem_b[];
+  const int warp = threadIdx.x / 32;
+  T* a = reinterpret_cast<T*>(smem_b);
+  T* slice = reinterpret_cast<T*>(smem_b + N::kABytes + warp * S::kSliceBytes);
+  float* part = reinterpret_cast<float*>(smem_b);  // after the line's last multiply
+
+  const auto [line, pos_begin, pos_end] = line_part(p);
+  if (line >= p.num_lines) return;  // uniform over the cluster
+  const T* values = static_cast<const T*>(p.values);
+  const auto [vec, vec_nonzeros] = vector_loads<T, kBatchLeading>(p);
+
+  if (blockIdx.y == 0) {
+    prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp, pos_end, N::kWarps);
+  }
+
+  for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
+    const int64_t group0 = t * N::kWidth, n0 = group0 + warp * S::kTile;
+    const bool active = n0 < p.n;  // warps past n expand with the others but multiply nothing
+    float acc[S::kStrips][S::kNTiles][4] = {};
+    int64_t e0 = 0, e1 = 0;
+    if (pos_begin < pos_end) {
+      block_range(p.block_ptr, line_block(p, line, pos_begin, kTranspose), p.nnz, &e0, &e1);
+    }
+    for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
+      int64_t f0 = 0, f1 = 0;
+      if (pos + 1 < pos_end) {
+        block_range(p.block_ptr, line_block(p, line, pos + 1, kTranspose), p.nnz, &f0, &f1);
+        prefetch_nonzeros<T, BlockGroup>(p.local, values, f0, f1);
+      }
+      if (e0 < e1) {  // uniform over the thread block
+        if (active) copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+        zero_block<T, S, BlockGroup>(a);
+        __syncthreads();
+        const int b0 = static_cast<int>(e0), b1 = static_cast<int>(e1);
+        const bool repeats = scatter_block<T, S, kTranspose, BlockGroup>(p.local, values, b0, b1,
+                                                                         p.nnz, vec_nonzeros, a);
+        finish_block<T, S, kTranspose, BlockGroup>(repeats, p.local, values, b0, b1, a);
+        cp_async_wait_all();
+        __syncwarp();
+        if (active) multiply_tile<T, S, kBatchLeading>(a, slice, acc);
+        __syncthreads();  // the block and the slices are rewritten by the next position
+      }
+      e0 = f0;
+      e1 = f1;
+    }
+    // The partial tile reuses the block's space, which the last barrier freed.
+    float* mine = part + warp * S::kTile;
+    if (warp_sums_finite<S>(acc)) {
+#pragma unroll
+      for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+        for (int nt = 0; nt < S::kNTiles; ++nt) {
+          store_accumulator(mine + s * 16 * N::kPartStride + nt * 8, N::kPartStride, acc[s][nt]);
+        }
+      }
+    } else {
+      split_n_exact<T, S, kTranspose, kBatchLeading>(p, line, pos_begin, pos_end, n0, mine,
+                                                     N::kPartStride);
+    }
+    write_line_tile<T, kBeta, N::kWidth, N::kPartStride, kBatchLeading>(p, part, line, group0);
+  }
+}
+
 // The launch shape of the kernel of shape S. The largest carveout: shared memory bounds the warps
 // in flight (S::kMinBlocks). Clusters are sized to keep every thread block in one wave as
 // launched in clusters: bfloat16 4096^2 at 90%, n = 16, takes 512 thread blocks in clusters of 8,
@@ -426,6 +612,31 @@ constexpr WarpLaunch family() {
           /*warp_smem=*/S::kWarpBytes,
           /*max_carveout=*/true,
           /*slots=*/SlotCount::kClustered};
+}
+
+// The launch shape of split_n_kernel of shape S: every thread block has all its warps, and a
+// tile of n as wide as they are together.
+template <class S>
+constexpr WarpLaunch split_n_family() {
+  using N = SplitNShape<S>;
+  return {/*tile=*/N::kWidth,
+          /*units_per_block=*/1,
+          /*units_per_warp=*/1,
+          /*max_warps=*/N::kWarps,
+          /*warp_smem=*/N::kBytes / N::kWarps,
+          /*max_carveout=*/true,
+          /*slots=*/SlotCount::kClustered,
+          /*all_warps=*/true};
+}
+
+template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
+cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
+                           const SpmmOptions& options) {
+  using S = TensorShape<T, kBeta, 32, kBatchLeading>;
+  LineParams p{};
+  set_line_params(a, &p);
+  return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading>>(p, split_n_family<S>(),
+                                                                            dev, stream, options);
 }
 
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>
@@ -468,13 +679,17 @@ cudaError_t launch_tile(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t s
 
 }  // namespace tensor_detail
 
-// The tensor-core SpMM for value type T and block size kBeta (tensor_cores_serve).
+// The tensor-core SpMM for value type T and block size kBeta (tensor_cores_serve), with warps
+// that split the line's blocks or, with split_n, n (tensor_split_n_preferred).
 template <typename T, int kBeta>
 cudaError_t launch_spmm_tensor(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
-                               const SpmmOptions& options) {
+                               const SpmmOptions& options, bool split_n) {
   using namespace tensor_detail;
   return dispatch_layout(a.shape.transpose, a.batch_leading, [&](auto tr, auto bl) {
-    return launch_tile<T, kBeta, decltype(tr)::value, decltype(bl)::value>(a, dev, stream, options);
+    constexpr bool kTranspose = decltype(tr)::value, kBatchLeading = decltype(bl)::value;
+    if (split_n)
+      return launch_split_n<T, kBeta, kTranspose, kBatchLeading>(a, dev, stream, options);
+    return launch_tile<T, kBeta, kTranspose, kBatchLeading>(a, dev, stream, options);
   });
 }
 

@@ -206,6 +206,7 @@ struct WarpLaunch {
   size_t warp_smem;     // bytes of dynamic shared memory per warp
   bool max_carveout;    // shared memory bounds the occupancy: the largest carveout (allow_smem)
   SlotCount slots;
+  bool all_warps = false;  // every thread block has max_warps warps, whatever its line's length
 };
 
 // The cluster that SlotCount::kOnePerSm takes for `blocks` thread blocks (lines x n-tiles) of
@@ -250,6 +251,7 @@ cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const Devi
   cudaError_t err = allow_family_smem<kKernel>(family, dev);
   if (err != cudaSuccess) return err;
   auto warps = [&](int cluster) {
+    if (family.all_warps) return family.max_warps;
     const int64_t units = rank_positions(p.line_length, cluster) * family.units_per_block;
     return static_cast<int>(
         std::clamp<int64_t>(units / family.units_per_warp, 1, family.max_warps));

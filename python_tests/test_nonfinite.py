@@ -57,7 +57,8 @@ def assert_same_nonfinite(actual, expected, scale, dtype, what):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("n", [6, 80])  # 80: float32 on tensor cores on a GPU
+# On a GPU: 80, float32 on tensor cores; 600, their warps split n (tensor_split_n_preferred).
+@pytest.mark.parametrize("n", [6, 80, 600])
 def test_nan_and_inf_propagate_like_the_dense_product_over_stored_entries(layout, dtype, n):
     """NaN and +-Inf in the values or in the dense operand reach exactly the outputs that a
     stored nonzero connects them to, with IEEE semantics (Inf - Inf = NaN, 0 * Inf = NaN for

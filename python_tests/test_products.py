@@ -26,14 +26,18 @@ from helpers import (
 import jaxcsb
 
 N = N_FLAT
+# A long n over few blocks: on a GPU the blocks of a cluster split the SDDMM's walk over n, and
+# the tensor cores' warps split n in the SpMM.
+N_LONG = 1500
 
 
+@pytest.mark.parametrize("n", [N, N_LONG], ids=["n", "long-n"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", ["A@B", "AT@B"])
-def test_sparse_left(layout, dtype, impl):
-    seed = seed_of(layout, dtype, impl)
+def test_sparse_left(layout, dtype, n, impl):
+    seed = seed_of(layout, dtype, n, impl)
     A, w = standard_csb(dtype, seed)
-    x = jax.device_put(random_dense(dense_operand_shape(layout, SHAPE, N), dtype, seed + 7))
+    x = jax.device_put(random_dense(dense_operand_shape(layout, SHAPE, n), dtype, seed + 7))
     out = apply(layout, A, x, impl)
     assert out.dtype == dtype
     want, scale = reference(layout, w, x)
@@ -56,10 +60,6 @@ def test_sparse_right_any_batch_dims(layout, dtype, batch, impl):
     assert out.shape == want.shape
     assert_close(out, want, scale, dtype, f"{layout} {impl}")
     assert_close(out, apply(layout, A, x, "jax"), 2 * scale, dtype, f"{layout} {impl} vs jax")
-
-
-# A long contraction over few blocks: on a GPU the blocks of a cluster split the walk over n.
-N_LONG = 1500
 
 
 @pytest.mark.parametrize("n", [N, N_LONG], ids=["n", "long-n"])

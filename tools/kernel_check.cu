@@ -298,16 +298,21 @@ const char* kernel_name(SpmmKernel k) {
       return "narrow";
     case SpmmKernel::kTensor:
       return "tensor";
+    case SpmmKernel::kTensorSplitN:
+      return "tensor-n";
     default:
       return "auto";
   }
 }
 
 // The families that can run a product: the one the heuristic picks (kAuto) and every other.
-std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, bool transpose) {
-  const SpmmKernel preferred = preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32);
+std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, bool transpose,
+                                    int64_t line_length) {
+  const SpmmKernel preferred =
+      preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32, line_length);
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
-  for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
+  for (SpmmKernel k :
+       {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor, SpmmKernel::kTensorSplitN}) {
     if (k != preferred && spmm_kernel_serves(k, beta)) kernels.push_back(k);
   }
   return kernels;
@@ -415,7 +420,8 @@ int run_check(int level, const DeviceInfo& dev) {
           for (int tr = 0; tr < 2; ++tr) {
             for (int bl = 0; bl < 2; ++bl) {
               const double dens = density(m.shape, static_cast<int64_t>(m.values.size()));
-              for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr)) {
+              const int64_t line_length = tr ? m.shape.block_rows() : m.shape.block_cols();
+              for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr, line_length)) {
                 for (int cluster : {0, 1, 2, 8}) {
                   if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
                   if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
@@ -443,6 +449,7 @@ int run_check(int level, const DeviceInfo& dev) {
           check_spmm(full, t, n, tr, bl, {}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
+          check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
         }
       }
     }
@@ -504,8 +511,8 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (int bl = 0; bl < 2; ++bl) {
-            for (SpmmKernel k :
-                 {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
+            for (SpmmKernel k : {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow,
+                                 SpmmKernel::kTensor, SpmmKernel::kTensorSplitN}) {
               if (spmm_kernel_serves(k, beta)) {
                 check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
               }
@@ -522,7 +529,8 @@ int run_check(int level, const DeviceInfo& dev) {
       check_sddmm(m, t, 33, false, true, rng, dev, {}, /*shift=*/1);
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
-          for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor}) {
+          for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor,
+                               SpmmKernel::kTensorSplitN}) {
             if (spmm_kernel_serves(k, beta)) {
               check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
@@ -577,7 +585,8 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
     for (int bl = 0; bl < 2; ++bl) {
-      for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr)) {
+      const int64_t line_length = tr ? m.shape.block_rows() : m.shape.block_cols();
+      for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr, line_length)) {
         if (kernel == SpmmKernel::kNarrow && n > 64) continue;  // built for small n only
         const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
         // tiles_per_block applies to lines of one block only (and the wide kernel only).
