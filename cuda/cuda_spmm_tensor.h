@@ -489,8 +489,9 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
 // Warps that split n instead of the line's blocks (split_n_kernel): the thread block's
 // kTensorMaxWarps warps share each expanded block, each warp with its own kTile columns of n, so
 // a block is expanded once for all of them and no warp adds another's partial tile. Shared
-// memory: the expanded block and the warps' slices of D, then (reusing the same space) the
-// thread block's float32 partial tile, kWidth columns wide.
+// memory: the expanded block, then the warps' slices of D or (reusing their space) the thread
+// block's float32 partial tile, kWidth columns wide. The block outlives the tile, so a thread
+// block on a line of one CSB block expands it once for all the tiles of n that it walks.
 template <class S>
 struct SplitNShape {
   static constexpr int kWarps = kTensorMaxWarps;
@@ -498,7 +499,7 @@ struct SplitNShape {
   static constexpr int kPartStride = kWidth + 4;
   static constexpr size_t kABytes = size_t{S::kBeta} * S::kAStride * sizeof(typename S::Value);
   static constexpr size_t kBytes =
-      std::max(size_t{S::kBeta} * kPartStride * 4, kABytes + kWarps * S::kSliceBytes);
+      kABytes + std::max(size_t{S::kBeta} * kPartStride * 4, kWarps* S::kSliceBytes);
 
   static_assert(S::kTile == S::kPartWidth, "a lane per column of the tile in the exact path");
   static_assert(kABytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
@@ -540,7 +541,7 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   const int warp = threadIdx.x / 32;
   T* a = reinterpret_cast<T*>(smem_b);
   T* slice = reinterpret_cast<T*>(smem_b + N::kABytes + warp * S::kSliceBytes);
-  float* part = reinterpret_cast<float*>(smem_b);  // after the line's last multiply
+  float* part = reinterpret_cast<float*>(smem_b + N::kABytes);  // after the line's last multiply
 
   const auto [line, pos_begin, pos_end] = line_part(p);
   if (line >= p.num_lines) return;  // uniform over the cluster
@@ -551,7 +552,10 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
     prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp, pos_end, N::kWarps);
   }
 
+  // A block that is the thread block's only position stays expanded from its first tile on.
+  const bool one_block = pos_end - pos_begin == 1;
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
+    const bool expand = !one_block || t == blockIdx.y;
     const int64_t group0 = t * N::kWidth, n0 = group0 + warp * S::kTile;
     const bool active = n0 < p.n;  // warps past n expand with the others but multiply nothing
     float acc[S::kStrips][S::kNTiles][4] = {};
@@ -567,12 +571,14 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
       }
       if (e0 < e1) {  // uniform over the thread block
         if (active) copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
-        zero_block<T, S, BlockGroup>(a);
-        __syncthreads();
-        const int b0 = static_cast<int>(e0), b1 = static_cast<int>(e1);
-        const bool repeats = scatter_block<T, S, kTranspose, BlockGroup>(p.local, values, b0, b1,
-                                                                         p.nnz, vec_nonzeros, a);
-        finish_block<T, S, kTranspose, BlockGroup>(repeats, p.local, values, b0, b1, a);
+        if (expand) {
+          zero_block<T, S, BlockGroup>(a);
+          __syncthreads();
+          const int b0 = static_cast<int>(e0), b1 = static_cast<int>(e1);
+          const bool repeats = scatter_block<T, S, kTranspose, BlockGroup>(p.local, values, b0, b1,
+                                                                           p.nnz, vec_nonzeros, a);
+          finish_block<T, S, kTranspose, BlockGroup>(repeats, p.local, values, b0, b1, a);
+        }
         cp_async_wait_all();
         __syncwarp();
         if (active) multiply_tile<T, S, kBatchLeading>(a, slice, acc);
@@ -581,7 +587,7 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
       e0 = f0;
       e1 = f1;
     }
-    // The partial tile reuses the block's space, which the last barrier freed.
+    // The partial tile reuses the slices' space, which the last barrier freed.
     float* mine = part + warp * S::kTile;
     if (warp_sums_finite<S>(acc)) {
 #pragma unroll
@@ -626,7 +632,8 @@ constexpr WarpLaunch split_n_family() {
           /*warp_smem=*/N::kBytes / N::kWarps,
           /*max_carveout=*/true,
           /*slots=*/SlotCount::kClustered,
-          /*all_warps=*/true};
+          /*all_warps=*/true,
+          /*walk_one_block_lines=*/true};
 }
 
 template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>

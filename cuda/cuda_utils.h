@@ -207,6 +207,9 @@ struct WarpLaunch {
   bool max_carveout;    // shared memory bounds the occupancy: the largest carveout (allow_smem)
   SlotCount slots;
   bool all_warps = false;  // every thread block has max_warps warps, whatever its line's length
+  // On lines of one CSB block, a thread block walks several tiles of n (the grid one wave deep),
+  // expanding its block once.
+  bool walk_one_block_lines = false;
 };
 
 // The cluster that SlotCount::kOnePerSm takes for `blocks` thread blocks (lines x n-tiles) of
@@ -270,8 +273,12 @@ cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const Devi
   }
   err = line_cluster(requested, dev, blocks, p.line_length, 2, slots, &p.cluster);
   if (err != cudaSuccess) return err;
+  int64_t extent = tiles_y;
+  if (family.walk_one_block_lines && p.line_length == 1 && p.cluster == 1) {
+    extent = std::clamp<int64_t>(slots(1) / p.num_lines, 1, tiles_y);
+  }
   const int w = warps(p.cluster);
-  return launch_lines(kKernel, p, p.num_lines, p.cluster, tiles_y, 32 * w, w * family.warp_smem,
+  return launch_lines(kKernel, p, p.num_lines, p.cluster, extent, 32 * w, w * family.warp_smem,
                       stream);
 }
 

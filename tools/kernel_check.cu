@@ -502,6 +502,13 @@ int run_check(int level, const DeviceInfo& dev) {
         if (!quick && beta == 64) {
           check_spmm(walked_cases[0], t, 40000, tr, false, {0, SpmmKernel::kWide}, rng, dev);
         }
+        // The tensor cores' thread blocks walk several tiles of n on such lines where the lines
+        // times the tiles overfill one wave, expanding their block once.
+        if (beta == 64) {
+          for (int i : {0, 2}) {
+            check_spmm(walked_cases[i], t, 40000, tr, tr, {0, SpmmKernel::kTensorSplitN}, rng, dev);
+          }
+        }
       }
     }
     // Repeated positions; at beta 128 (past the tiny level) also blocks of thousands of
