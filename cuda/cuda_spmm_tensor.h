@@ -498,8 +498,9 @@ struct SplitNShape {
   static constexpr int kWidth = kWarps * S::kTile;
   static constexpr int kPartStride = kWidth + 4;
   static constexpr size_t kABytes = size_t{S::kBeta} * S::kAStride * sizeof(typename S::Value);
-  static constexpr size_t kBytes =
-      kABytes + std::max(size_t{S::kBeta} * kPartStride * 4, kWarps* S::kSliceBytes);
+  static constexpr size_t kSlicesBytes = size_t{kWarps} * S::kSliceBytes;
+  static constexpr size_t kPartBytes = size_t{S::kBeta} * kPartStride * 4;
+  static constexpr size_t kBytes = kABytes + std::max(kPartBytes, kSlicesBytes);
 
   static_assert(S::kTile == S::kPartWidth, "a lane per column of the tile in the exact path");
   static_assert(kABytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
