@@ -48,7 +48,6 @@ namespace tensor_detail {
 // t, column g), by 4 values where rows advance with g and 8 where they advance with t.
 template <typename T, int kBeta_, int kTile_, bool kBatchLeading>
 struct TensorShape {
-  using Value = T;
   static constexpr int kBeta = kBeta_;
   static constexpr int kTile = kTile_;
   static constexpr bool kTf32 = std::is_same_v<T, float>;
@@ -57,6 +56,7 @@ struct TensorShape {
   static constexpr int kPadG = kTf32 ? 4 : 8, kPadT = 8;
   // The expanded block, [out][in] in T.
   static constexpr int kAStride = kBeta + kPadG;
+  static constexpr size_t kABytes = size_t{kBeta} * kAStride * sizeof(T);
   // The slice of D as stored: [in][n] for row-major D, [n][in] for the batch-leading layout.
   static constexpr int kBStride = kBatchLeading ? kBeta + kPadG : kTile + kPadT;
   static constexpr int kBRows = kBatchLeading ? kTile : kBeta;
@@ -65,8 +65,7 @@ struct TensorShape {
   static constexpr int kPartWidth = std::min(kTile, 32);
   static constexpr int kParts = kTile / kPartWidth;
   static constexpr int kPartStride = kPartWidth + 4;
-  static constexpr size_t kTileBytes =
-      std::max<size_t>(size_t{kBeta} * kAStride * sizeof(T), size_t{kBeta} * kPartStride * 4);
+  static constexpr size_t kTileBytes = std::max<size_t>(kABytes, size_t{kBeta} * kPartStride * 4);
   static constexpr size_t kSliceBytes = size_t{kBRows} * kBStride * sizeof(T);
   // The expanded block (or the partial tile), then the slice of D.
   static constexpr size_t kWarpBytes = kTileBytes + kSliceBytes;
@@ -190,7 +189,7 @@ struct BlockGroup {
 // Zeroes the expanded block `a`, the threads of group G in turn.
 template <typename T, class S, class G>
 __device__ __forceinline__ void zero_block(T* a) {
-  constexpr int kPieces = S::kBeta * S::kAStride * sizeof(T) / 16;
+  constexpr int kPieces = S::kABytes / 16;
   uint4* a4 = reinterpret_cast<uint4*>(a);
   for (int i = G::rank(); i < kPieces; i += G::size()) a4[i] = make_uint4(0, 0, 0, 0);
 }
@@ -497,13 +496,12 @@ struct SplitNShape {
   static constexpr int kWarps = kTensorMaxWarps;
   static constexpr int kWidth = kWarps * S::kTile;
   static constexpr int kPartStride = kWidth + 4;
-  static constexpr size_t kABytes = size_t{S::kBeta} * S::kAStride * sizeof(typename S::Value);
   static constexpr size_t kSlicesBytes = size_t{kWarps} * S::kSliceBytes;
   static constexpr size_t kPartBytes = size_t{S::kBeta} * kPartStride * 4;
-  static constexpr size_t kBytes = kABytes + std::max(kPartBytes, kSlicesBytes);
+  static constexpr size_t kBytes = S::kABytes + std::max(kPartBytes, kSlicesBytes);
 
   static_assert(S::kTile == S::kPartWidth, "a lane per column of the tile in the exact path");
-  static_assert(kABytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
+  static_assert(S::kABytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
 };
 
 // The slow path for non-finite sums of split_n_kernel: the warp's columns [n0, n0 + kTile) of
@@ -541,8 +539,8 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
   extern __shared__ __align__(16) unsigned char smem_b[];
   const int warp = threadIdx.x / 32;
   T* a = reinterpret_cast<T*>(smem_b);
-  T* slice = reinterpret_cast<T*>(smem_b + N::kABytes + warp * S::kSliceBytes);
-  float* part = reinterpret_cast<float*>(smem_b + N::kABytes);  // after the line's last multiply
+  T* slice = reinterpret_cast<T*>(smem_b + S::kABytes + warp * S::kSliceBytes);
+  float* part = reinterpret_cast<float*>(smem_b + S::kABytes);  // after the line's last multiply
 
   const auto [line, pos_begin, pos_end] = line_part(p);
   if (line >= p.num_lines) return;  // uniform over the cluster
@@ -695,8 +693,9 @@ cudaError_t launch_spmm_tensor(const SpmmArgs& a, const DeviceInfo& dev, cudaStr
   using namespace tensor_detail;
   return dispatch_layout(a.shape.transpose, a.batch_leading, [&](auto tr, auto bl) {
     constexpr bool kTranspose = decltype(tr)::value, kBatchLeading = decltype(bl)::value;
-    if (split_n)
+    if (split_n) {
       return launch_split_n<T, kBeta, kTranspose, kBatchLeading>(a, dev, stream, options);
+    }
     return launch_tile<T, kBeta, kTranspose, kBatchLeading>(a, dev, stream, options);
   });
 }

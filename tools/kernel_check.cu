@@ -305,11 +305,15 @@ const char* kernel_name(SpmmKernel k) {
   }
 }
 
-// The families that can run a product: the one the heuristic picks (kAuto) and every other.
-std::vector<SpmmKernel> kernels_for(int beta, DType t, int64_t n, double dens, bool transpose,
-                                    int64_t line_length) {
+// The families that can run a product of m (transposed or not): the one the heuristic picks
+// (kAuto) and every other.
+std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool transpose) {
+  CsbShape s = m.shape;
+  s.transpose = transpose;
+  const int beta = s.block_size;
+  const double dens = density(s, static_cast<int64_t>(m.values.size()));
   const SpmmKernel preferred =
-      preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32, line_length);
+      preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32, s.line_length());
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k :
        {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor, SpmmKernel::kTensorSplitN}) {
@@ -419,9 +423,7 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int64_t n : ns) {
           for (int tr = 0; tr < 2; ++tr) {
             for (int bl = 0; bl < 2; ++bl) {
-              const double dens = density(m.shape, static_cast<int64_t>(m.values.size()));
-              const int64_t line_length = tr ? m.shape.block_rows() : m.shape.block_cols();
-              for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr, line_length)) {
+              for (SpmmKernel kernel : kernels_for(m, t, n, tr)) {
                 for (int cluster : {0, 1, 2, 8}) {
                   if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
                   if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
@@ -584,7 +586,7 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   uint8_t* d_in2 = to_device(encode(t, random_dense(big, t, rng)));
   uint8_t* d_out = nullptr;
   CHECK_CUDA(cudaMalloc(&d_out, std::max(big, nnz) * dtype_size(t)));
-  const double flop = 2.0 * nnz * n, dens = jaxcsb::density(m.shape, nnz);
+  const double flop = 2.0 * nnz * n;
   std::printf("bench %ldx%ld density=%.3f nnz=%ld n=%ld beta=%d %s cluster=%d (%d SMs)\n",
               long(rows), long(cols), density, long(nnz), long(n), beta, dtype_name(t), cluster,
               dev.num_sms);
@@ -592,8 +594,7 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
     for (int bl = 0; bl < 2; ++bl) {
-      const int64_t line_length = tr ? m.shape.block_rows() : m.shape.block_cols();
-      for (SpmmKernel kernel : kernels_for(beta, t, n, dens, tr, line_length)) {
+      for (SpmmKernel kernel : kernels_for(m, t, n, tr)) {
         if (kernel == SpmmKernel::kNarrow && n > 64) continue;  // built for small n only
         const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
         // tiles_per_block applies to lines of one block only (and the wide kernel only).
