@@ -163,6 +163,19 @@ constexpr bool tensor_split_n_preferred(long long n, long long line_length, bool
   return n >= kSplitNMinN && line_length <= (half_precision ? 16 : 64);
 }
 
+// Thread blocks a multiprocessor that split_n_kernel's registers must allow: the three that its
+// shared memory holds (58 KiB each for float32 at block size 64), which cap a thread at 168
+// registers, but two for float32 at block size 64 on lines of more than kSplitNLongLine blocks.
+// There the compiler takes 178 registers when left two thread blocks, and three against two
+// (H100, kernel_check bench, feature-major) take 0.77-0.84x the time on lines of 1 to 36 blocks
+// (64 x 576 transposed at n = 100352, 256 x 2304 forward at n = 6272), 0.93-0.96x on lines of
+// 4 to 16, and 1.03-1.09x on lines of 64 (4096^2 at n = 512 and 1024, 4096 x 1024 transposed
+// at n = 4096), whose thread blocks each walk 64 blocks at the lower register budget.
+constexpr long long kSplitNLongLine = 48;
+constexpr int split_n_min_blocks(bool float32, int beta, long long line_length) {
+  return float32 && beta == 64 && line_length > kSplitNLongLine ? 2 : 3;
+}
+
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)
 // computing their dense product over all of n, whatever the sparsity. 16-bit values at the
 // tensor-core block sizes: 2-4.5x faster than the CUDA-core kernel from n = 16 to 4096. Float32

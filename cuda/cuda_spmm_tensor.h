@@ -531,8 +531,45 @@ __device__ __forceinline__ void split_n_exact(const LineParams& p, int64_t line,
   }
 }
 
-template <typename T, class S, bool kTranspose, bool kBatchLeading>
-__global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
+// Writes the warp's sums (its output rows of the line, columns n0..n0 + kTile) straight from
+// its registers to the output, for a thread block whose tile no other adds to: lane 4 g + t holds
+// rows g and g + 8 of each strip at columns 2 t and 2 t + 1 of each 8-column piece, so eight
+// lanes fill 32 bytes of the output either way (a row's columns, or a column's rows).
+template <typename T, class S, bool kBatchLeading>
+__device__ __forceinline__ void store_sums(const LineParams& p,
+                                           const float (&acc)[S::kStrips][S::kNTiles][4],
+                                           int64_t line, int64_t n0) {
+  const int lane = threadIdx.x % 32;
+  T* out = static_cast<T*>(p.out);
+  const bool pairs =
+      !kBatchLeading && p.n % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * sizeof(T)) == 0;
+#pragma unroll
+  for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = line * S::kBeta + s * 16 + lane / 4 + 8 * h;
+      if (r >= p.out_dim) continue;
+#pragma unroll
+      for (int nt = 0; nt < S::kNTiles; ++nt) {
+        const int64_t c = n0 + nt * 8 + 2 * (lane % 4);
+        const float v[2] = {acc[s][nt][2 * h], acc[s][nt][2 * h + 1]};
+        if (pairs && c + 1 < p.n) {
+          store_vec<T, 2>(out + r * p.n + c, v);
+          continue;
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (c + j < p.n) {
+            out[kBatchLeading ? (c + j) * p.out_dim + r : r * p.n + c + j] = from_float<T>(v[j]);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, class S, bool kTranspose, bool kBatchLeading, int kMinBlocks>
+__global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
     split_n_kernel(const LineParams p) {
   using N = SplitNShape<S>;
   constexpr int kBeta = S::kBeta;
@@ -558,37 +595,47 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
     const int64_t group0 = t * N::kWidth, n0 = group0 + warp * S::kTile;
     const bool active = n0 < p.n;  // warps past n expand with the others but multiply nothing
     float acc[S::kStrips][S::kNTiles][4] = {};
-    int64_t e0 = 0, e1 = 0;
+    int e0 = 0, e1 = 0;  // 32-bit positions, as block_ptr's
     if (pos_begin < pos_end) {
       block_range(p.block_ptr, line_block(p, line, pos_begin, kTranspose), p.nnz, &e0, &e1);
     }
-    for (int64_t pos = pos_begin; pos < pos_end; ++pos) {
-      int64_t f0 = 0, f1 = 0;
+    for (int pos = static_cast<int>(pos_begin); pos < pos_end; ++pos) {
+      int f0 = 0, f1 = 0;
       if (pos + 1 < pos_end) {
         block_range(p.block_ptr, line_block(p, line, pos + 1, kTranspose), p.nnz, &f0, &f1);
         prefetch_nonzeros<T, BlockGroup>(p.local, values, f0, f1);
       }
       if (e0 < e1) {  // uniform over the thread block
-        if (active) copy_slice<T, S, kBatchLeading>(p, slice, pos * kBeta, n0, vec);
+        if (active) copy_slice<T, S, kBatchLeading>(p, slice, int64_t{pos} * kBeta, n0, vec);
         if (expand) {
           zero_block<T, S, BlockGroup>(a);
           __syncthreads();
-          const int b0 = static_cast<int>(e0), b1 = static_cast<int>(e1);
-          const bool repeats = scatter_block<T, S, kTranspose, BlockGroup>(p.local, values, b0, b1,
+          const bool repeats = scatter_block<T, S, kTranspose, BlockGroup>(p.local, values, e0, e1,
                                                                            p.nnz, vec_nonzeros, a);
-          finish_block<T, S, kTranspose, BlockGroup>(repeats, p.local, values, b0, b1, a);
+          finish_block<T, S, kTranspose, BlockGroup>(repeats, p.local, values, e0, e1, a);
         }
         cp_async_wait_all();
         __syncwarp();
         if (active) multiply_tile<T, S, kBatchLeading>(a, slice, acc);
-        __syncthreads();  // the block and the slices are rewritten by the next position
+        // The next position rewrites the block and the slices; after the last one, the barrier
+        // below frees them.
+        if (pos + 1 < pos_end) __syncthreads();
       }
       e0 = f0;
       e1 = f1;
     }
+    const bool finite = warp_sums_finite<S>(acc);
+    const bool all_finite = !__syncthreads_or(!finite);
+    // Alone on its line, with finite sums everywhere, a thread block of float32 writes its sums
+    // from the registers (eight lanes fill a 32-byte sector; 16-bit values would fill half of
+    // one), and each warp goes on to its next tile at once.
+    if (sizeof(T) == 4 && p.cluster == 1 && all_finite) {
+      store_sums<T, S, kBatchLeading>(p, acc, line, n0);
+      continue;
+    }
     // The partial tile reuses the slices' space, which the last barrier freed.
     float* mine = part + warp * S::kTile;
-    if (warp_sums_finite<S>(acc)) {
+    if (finite) {
 #pragma unroll
       for (int s = 0; s < S::kStrips; ++s) {
 #pragma unroll
@@ -641,8 +688,18 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
   using S = TensorShape<T, kBeta, 32, kBatchLeading>;
   LineParams p{};
   set_line_params(a, &p);
-  return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading>>(p, split_n_family<S>(),
-                                                                            dev, stream, options);
+  const auto run = [&](auto min_blocks) {
+    constexpr int kMinBlocks = decltype(min_blocks)::value;
+    return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading, kMinBlocks>>(
+        p, split_n_family<S>(), dev, stream, options);
+  };
+  // Only float32 at block size 64 has a kernel for two thread blocks a multiprocessor.
+  if constexpr (std::is_same_v<T, float> && kBeta == 64) {
+    if (split_n_min_blocks(/*float32=*/true, kBeta, p.line_length) == 2) {
+      return run(std::integral_constant<int, 2>{});
+    }
+  }
+  return run(std::integral_constant<int, 3>{});
 }
 
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>

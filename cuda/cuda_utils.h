@@ -382,6 +382,13 @@ __device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b,
   *begin = e0;
   *end = e1;
 }
+__device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b, int64_t nnz,
+                                            int* begin, int* end) {
+  int64_t e0 = 0, e1 = 0;
+  block_range(block_ptr, b, nnz, &e0, &e1);
+  *begin = static_cast<int>(e0);  // within [0, nnz], and nnz fits block_ptr's 32 bits
+  *end = static_cast<int>(e1);
+}
 
 // The part of a line that a thread block of the narrow family walks: the cluster's line, and
 // the block's even share [pos_begin, pos_end) of the line's positions.

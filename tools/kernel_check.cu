@@ -513,6 +513,14 @@ int run_check(int level, const DeviceInfo& dev) {
         }
       }
     }
+    // Split n on lines longer than kSplitNLongLine, which float32 at beta 64 runs in a kernel of
+    // its own (split_n_min_blocks), ragged at the line's end and at n's.
+    if (!tiny) {
+      HostCsb long_lines = random_csb(70, 64 * (kSplitNLongLine + 2) + 13, 64, 0.2, t, rng);
+      for (int bl = 0; bl < 2; ++bl) {
+        check_spmm(long_lines, t, 300, false, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
+      }
+    }
     // Repeated positions; at beta 128 (past the tiny level) also blocks of thousands of
     // nonzeros, which the transposed narrow walk cuts into bands of rows.
     for (int beta : tiny ? std::vector<int>{32} : std::vector<int>{32, 128}) {
