@@ -50,6 +50,15 @@ def check_shape(shape) -> tuple[int, int]:
 # jax_enable_x64) runs in it, and the constructors reject the rest.
 GPU_MAX_DEFAULT_BLOCK_SIZE = 128
 GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT = 64  # the tensor-core kernels' largest block
+# From this density on (cuda_config.h, kTensorMinDensityF32), a GPU runs float32 products on the
+# tensor cores too, which multiply every block as a dense tile: there the largest block they
+# take, 64, leaves the fewest tiles and barriers. H100, kernel_check bench, SpMM at n >= 64:
+# density 0.5, 2048 x 512 and 512 x 2048, n = 2048: float32 0.10 ms at 64 against 0.12-0.17 at
+# 32 and 0.26-0.31 at 16; density 0.3, 4096 x 1024, n = 4096: float32 0.61-0.68 against
+# 0.88-1.08 ms at 32, bfloat16 0.27-0.34 against 0.43-0.47 ms. What it costs: float32 at n = 16,
+# 1.1x the time at 32, and the float32 SDDMM on matrices of few blocks (512 x 512, 2048 x 512 at
+# n = 2048), 1.3-1.7x.
+GPU_TENSOR_MIN_DENSITY = 1 / 8
 
 
 def _pow2_at_least(x: int) -> int:
@@ -72,7 +81,9 @@ def default_block_size(
     ``jax.default_backend()``, where the matrix will run) is "gpu", at most 128 for float32
     values and 64 for bfloat16 and float16 ``dtype`` (the tensor-core kernels' largest block),
     and larger than 64 only where the smaller dimension fills such a block (a 64 x 576
-    convolution weight at 128 leaves half of every block's rows empty: 1.25x slower).
+    convolution weight at 128 leaves half of every block's rows empty: 1.25x slower); and 64
+    from a density of 1/8 on, where the GPU's tensor cores take the products (50% and 80%
+    sparsity -> 64).
     """
     if platform is None:
         import jax
@@ -87,6 +98,8 @@ def default_block_size(
         sixteen = dtype in HALF_DTYPES
         dtype_cap = GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT if sixteen else GPU_MAX_DEFAULT_BLOCK_SIZE
         cap = min(cap, dtype_cap, fill_cap)
+        if density >= GPU_TENSOR_MIN_DENSITY:
+            return min(GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT, cap)
     for beta in BLOCK_SIZES:
         if density * beta >= 8 or beta >= cap:
             return beta

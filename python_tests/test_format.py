@@ -44,7 +44,8 @@ def test_layout_invariants(block_size):
 @pytest.mark.parametrize(
     "sparsity, on_cpu, on_gpu, on_gpu_16bit",
     [
-        (0.5, 16, 16, 16),
+        (0.5, 16, 64, 64),
+        (0.7, 32, 64, 64),
         (0.8, 64, 64, 64),
         (0.9, 128, 128, 64),
         (0.95, 256, 128, 64),
@@ -53,7 +54,7 @@ def test_layout_invariants(block_size):
 )
 def test_default_block_size_examples(sparsity, on_cpu, on_gpu, on_gpu_16bit):
     """The documented heuristic: density * beta >= 8 at the smallest such beta, at most 128
-    for float32 and 64 for 16-bit values on a GPU."""
+    for float32 and 64 for 16-bit values on a GPU, and 64 there from a density of 1/8 on."""
     shape = (1024, 1024)
     nnz = int(round((1 - sparsity) * shape[0] * shape[1]))
     assert default_block_size(shape, nnz, "cpu") == on_cpu
@@ -63,6 +64,20 @@ def test_default_block_size_examples(sparsity, on_cpu, on_gpu, on_gpu_16bit):
         assert default_block_size(shape, nnz, "gpu", dtype) == on_gpu_16bit
     here = on_gpu if jax.default_backend() == "gpu" else on_cpu
     assert default_block_size(shape, nnz) == here
+
+
+def test_default_block_size_on_a_gpu_is_the_tensor_cores_from_a_density_of_an_eighth():
+    """64 from a density of 1/8 on, within the matrix's size; the density rule below it."""
+    shape = (1024, 1024)
+    eighth = shape[0] * shape[1] // 8
+    for dtype in (np.float32, jnp.bfloat16):
+        assert default_block_size(shape, eighth, "gpu", dtype) == 64
+        assert default_block_size(shape, shape[0] * shape[1], "gpu", dtype) == 64
+        assert default_block_size((40, 40), 1600, "gpu", dtype) == 64
+        assert default_block_size((3, 5), 15, "gpu", dtype) == 16
+    assert default_block_size(shape, eighth - 1, "gpu") == 128
+    assert default_block_size(shape, eighth, "cpu") == 64
+    assert default_block_size(shape, shape[0] * shape[1] // 2, "cpu") == 16
 
 
 def test_default_block_size_on_a_gpu_stays_64_below_a_dimension_of_65():
