@@ -533,8 +533,9 @@ __device__ __forceinline__ void split_n_exact(const LineParams& p, int64_t line,
 
 // Writes the warp's sums (its output rows of the line, columns n0..n0 + kTile) straight from
 // its registers to the output, for a thread block whose tile no other adds to: lane 4 g + t holds
-// rows g and g + 8 of each strip at columns 2 t and 2 t + 1 of each 8-column piece, so eight
-// lanes fill 32 bytes of the output either way (a row's columns, or a column's rows).
+// rows g and g + 8 of each strip at columns 2 t and 2 t + 1 of each 8-column piece, so four
+// lanes fill 32 bytes of a row-major output's row (pairs of float32), and eight lanes 32 bytes
+// of a batch-leading output's row.
 template <typename T, class S, bool kBatchLeading>
 __device__ __forceinline__ void store_sums(const LineParams& p,
                                            const float (&acc)[S::kStrips][S::kNTiles][4],
@@ -627,8 +628,8 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
     const bool finite = warp_sums_finite<S>(acc);
     const bool all_finite = !__syncthreads_or(!finite);
     // Alone on its line, with finite sums everywhere, a thread block of float32 writes its sums
-    // from the registers (eight lanes fill a 32-byte sector; 16-bit values would fill half of
-    // one), and each warp goes on to its next tile at once.
+    // from the registers (whole 32-byte sectors; 16-bit values would fill half of each), and
+    // each warp goes on to its next tile at once.
     if (sizeof(T) == 4 && p.cluster == 1 && all_finite) {
       store_sums<T, S, kBatchLeading>(p, acc, line, n0);
       continue;
