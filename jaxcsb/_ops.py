@@ -285,7 +285,7 @@ def csb_matmul(a, b, *, impl: str = "auto"):
     operand (``jax.custom_vjp``: the transposed product and SDDMM, from the same stored copy).
 
     In the native GPU kernels, float32 matrices of block size 64 or less that hold at least
-    1/8 of their positions (the default block size is 64 or less from there up) multiply more
+    1/8 of their positions (the default block size on a GPU is 64 from there up) multiply more
     than one column or row of the dense operand on tensor cores in three TF32 products per
     multiply-add (each product within about 2**-20 of its float32 value, where a float32
     multiply-add rounds at 2**-24); other matrices, a single vector, ``impl="jax"`` and the
