@@ -172,8 +172,11 @@ constexpr bool tensor_split_n_preferred(long long n, long long line_length, bool
 // 4 to 16, and 1.03-1.09x on lines of 64 (4096^2 at n = 512 and 1024, 4096 x 1024 transposed
 // at n = 4096), whose thread blocks each walk 64 blocks at the lower register budget.
 constexpr long long kSplitNLongLine = 48;
+constexpr bool split_n_has_two_block_kernel(bool float32, int beta) {
+  return float32 && beta == 64;
+}
 constexpr int split_n_min_blocks(bool float32, int beta, long long line_length) {
-  return float32 && beta == 64 && line_length > kSplitNLongLine ? 2 : 3;
+  return split_n_has_two_block_kernel(float32, beta) && line_length > kSplitNLongLine ? 2 : 3;
 }
 
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)

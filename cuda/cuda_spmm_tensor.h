@@ -694,9 +694,10 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
     return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading, kMinBlocks>>(
         p, split_n_family<S>(), dev, stream, options);
   };
-  // Only float32 at block size 64 has a kernel for two thread blocks a multiprocessor.
-  if constexpr (std::is_same_v<T, float> && kBeta == 64) {
-    if (split_n_min_blocks(/*float32=*/true, kBeta, p.line_length) == 2) {
+  constexpr bool kFloat32 = std::is_same_v<T, float>;
+  // The kernel for two thread blocks a multiprocessor is built only where the rule can ask for it.
+  if constexpr (split_n_has_two_block_kernel(kFloat32, kBeta)) {
+    if (split_n_min_blocks(kFloat32, kBeta, p.line_length) == 2) {
       return run(std::integral_constant<int, 2>{});
     }
   }

@@ -305,6 +305,10 @@ const char* kernel_name(SpmmKernel k) {
   }
 }
 
+// Every SpMM family that a test or benchmark can force.
+constexpr SpmmKernel kFamilies[] = {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor,
+                                    SpmmKernel::kTensorSplitN};
+
 // The families that can run a product of m (transposed or not): the one the heuristic picks
 // (kAuto) and every other.
 std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool transpose) {
@@ -315,8 +319,7 @@ std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool t
   const SpmmKernel preferred =
       preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32, s.line_length());
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
-  for (SpmmKernel k :
-       {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor, SpmmKernel::kTensorSplitN}) {
+  for (SpmmKernel k : kFamilies) {
     if (k != preferred && spmm_kernel_serves(k, beta)) kernels.push_back(k);
   }
   return kernels;
@@ -528,8 +531,8 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (int bl = 0; bl < 2; ++bl) {
-            for (SpmmKernel k : {SpmmKernel::kAuto, SpmmKernel::kWide, SpmmKernel::kNarrow,
-                                 SpmmKernel::kTensor, SpmmKernel::kTensorSplitN}) {
+            check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kAuto}, rng, dev);
+            for (SpmmKernel k : kFamilies) {
               if (spmm_kernel_serves(k, beta)) {
                 check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
               }
@@ -546,8 +549,7 @@ int run_check(int level, const DeviceInfo& dev) {
       check_sddmm(m, t, 33, false, true, rng, dev, {}, /*shift=*/1);
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
-          for (SpmmKernel k : {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor,
-                               SpmmKernel::kTensorSplitN}) {
+          for (SpmmKernel k : kFamilies) {
             if (spmm_kernel_serves(k, beta)) {
               check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
