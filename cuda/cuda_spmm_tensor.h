@@ -531,42 +531,58 @@ __device__ __forceinline__ void split_n_exact(const LineParams& p, int64_t line,
   }
 }
 
-// Writes the warp's sums (its output rows of the line, columns n0..n0 + kTile) straight from
-// its registers to the output, for a thread block whose tile no other adds to: lane 4 g + t holds
-// rows g and g + 8 of each strip at columns 2 t and 2 t + 1 of each 8-column piece, so four
-// lanes fill 32 bytes of a row-major output's row (pairs of float32), and eight lanes 32 bytes
-// of a batch-leading output's row.
+// Writes the warp's sums (its output rows of the line, columns n0..n0 + kTile) through its own
+// slice space, free once the tile's last multiply is done: the warp stages them as T in the
+// slice's layout (the output tile has the slice's shape, [out][n] or [n][out]), then writes
+// rows of 16-byte pieces, so that every store fills whole sectors whatever T is. No other warp
+// takes part, so no barrier of the thread block.
 template <typename T, class S, bool kBatchLeading>
-__device__ __forceinline__ void store_sums(const LineParams& p,
-                                           const float (&acc)[S::kStrips][S::kNTiles][4],
-                                           int64_t line, int64_t n0) {
-  const int lane = threadIdx.x % 32;
-  T* out = static_cast<T*>(p.out);
-  const bool pairs =
-      !kBatchLeading && p.n % 2 == 0 && reinterpret_cast<uintptr_t>(p.out) % (2 * sizeof(T)) == 0;
+__device__ __forceinline__ void write_warp_tile(const LineParams& p,
+                                                const float (&acc)[S::kStrips][S::kNTiles][4],
+                                                T* tile, int64_t line, int64_t n0) {
+  static_assert(S::kBStride * sizeof(T) % 16 == 0, "staged rows start on 16-byte boundaries");
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int s = 0; s < S::kStrips; ++s) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t r = line * S::kBeta + s * 16 + lane / 4 + 8 * h;
-      if (r >= p.out_dim) continue;
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
 #pragma unroll
-      for (int nt = 0; nt < S::kNTiles; ++nt) {
-        const int64_t c = n0 + nt * 8 + 2 * (lane % 4);
+      for (int h = 0; h < 2; ++h) {
+        const int r = s * 16 + g + 8 * h, c = nt * 8 + 2 * t;
         const float v[2] = {acc[s][nt][2 * h], acc[s][nt][2 * h + 1]};
-        if (pairs && c + 1 < p.n) {
-          store_vec<T, 2>(out + r * p.n + c, v);
-          continue;
-        }
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          if (c + j < p.n) {
-            out[kBatchLeading ? (c + j) * p.out_dim + r : r * p.n + c + j] = from_float<T>(v[j]);
-          }
+        if constexpr (kBatchLeading) {
+          tile[c * S::kBStride + r] = from_float<T>(v[0]);
+          tile[(c + 1) * S::kBStride + r] = from_float<T>(v[1]);
+        } else {
+          store_vec<T, 2>(tile + r * S::kBStride + c, v);
         }
       }
     }
   }
+  __syncwarp();
+  constexpr int kRowLen = kBatchLeading ? S::kBeta : S::kTile, kPer = 16 / sizeof(T);
+  const int64_t row0 = kBatchLeading ? n0 : line * S::kBeta;
+  const int64_t col0 = kBatchLeading ? line * S::kBeta : n0;
+  const int64_t rows = kBatchLeading ? p.n : p.out_dim, cols = kBatchLeading ? p.out_dim : p.n;
+  T* out = static_cast<T*>(p.out);
+  if (cols % kPer == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0) {
+    // col0 is a multiple of kPer too, so a piece lies wholly inside the output or outside.
+    for (int i = lane; i < S::kBRows * kRowLen / kPer; i += 32) {
+      const int r = i / (kRowLen / kPer), c = i % (kRowLen / kPer) * kPer;
+      if (row0 + r < rows && col0 + c < cols) {
+        *reinterpret_cast<uint4*>(out + (row0 + r) * cols + col0 + c) =
+            *reinterpret_cast<const uint4*>(tile + r * S::kBStride + c);
+      }
+    }
+  } else {
+    for (int i = lane; i < S::kBRows * kRowLen; i += 32) {
+      const int r = i / kRowLen, c = i % kRowLen;
+      if (row0 + r < rows && col0 + c < cols) {
+        out[(row0 + r) * cols + col0 + c] = tile[r * S::kBStride + c];
+      }
+    }
+  }
+  __syncwarp();  // the next tile's slice overwrites the staged sums
 }
 
 template <typename T, class S, bool kTranspose, bool kBatchLeading, int kMinBlocks>
@@ -627,11 +643,10 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
     }
     const bool finite = warp_sums_finite<S>(acc);
     const bool all_finite = !__syncthreads_or(!finite);
-    // Alone on its line, with finite sums everywhere, a thread block of float32 writes its sums
-    // from the registers (whole 32-byte sectors; 16-bit values would fill half of each), and
-    // each warp goes on to its next tile at once.
-    if (sizeof(T) == 4 && p.cluster == 1 && all_finite) {
-      store_sums<T, S, kBatchLeading>(p, acc, line, n0);
+    // Alone on its line, with finite sums everywhere, each warp writes its own sums and goes on
+    // to its next tile at once.
+    if (p.cluster == 1 && all_finite) {
+      write_warp_tile<T, S, kBatchLeading>(p, acc, slice, line, n0);
       continue;
     }
     // The partial tile reuses the slices' space, which the last barrier freed.
