@@ -12,13 +12,17 @@
 // whose accumulators stay in registers for the whole walk over n. The region's rows of L and
 // columns of R go through shared memory in chunks of 128 bytes of n, copied as stored
 // (cp.async, the next chunk in flight while this one is multiplied) and read with ldmatrix
-// (16-bit; transposed where the operand is stored n-major) or value by value (float32).
+// (16-bit; transposed where the operand is stored n-major) or value by value (float32). Where
+// the regions are too few to fill the GPU, a cluster of thread blocks splits each region's walk
+// over n and adds the partial Cs through distributed shared memory.
 //
 // A kept entry of C is the dot product of its own row of L and column of R, as in the
 // reference: the products at structural zeros are computed and dropped, so an Inf or NaN
 // elsewhere in the operands does not reach it. Every sum has a fixed order: the results are
 // reproducible.
 #pragma once
+
+#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -41,6 +45,7 @@ struct Params {
   int64_t num_regions;
   bool lhs_vec;  // lhs 16-byte aligned, its rows a multiple of 16 bytes (cp.async pieces)
   bool rhs_vec;
+  int cluster;  // thread blocks that split the walk over n of one region
 };
 
 // Shared-memory layout for value type T, block size kBeta and the operands' layouts (n-major:
@@ -202,34 +207,43 @@ struct RegionEntries {
   }
 };
 
-template <typename T, class S, bool kLhsNMajor, bool kRhsNMajor>
+// kSplit: a cluster of p.cluster thread blocks shares each region: rank r walks the r-th share
+// of the chunks of n, and after the walk each rank adds the partial Cs of a share of the
+// nonzeros in rank order (a fixed order: the results stay reproducible). A kernel of its own,
+// so that the unsplit walk keeps its registers.
+template <typename T, class S, bool kLhsNMajor, bool kRhsNMajor, bool kSplit>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kernel(const Params p) {
+  namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem_c[];
   T* stages = reinterpret_cast<T*>(smem_c);
   float* c_tile = reinterpret_cast<float*>(smem_c);  // after the walk over n
   const int warp = threadIdx.x / 32;
+  const int csize = kSplit ? p.cluster : 1, rank = static_cast<int>(blockIdx.x % csize);
   const int64_t chunks = ceil_div(p.a.n, S::kChunk);
-  for (int64_t r = blockIdx.x; r < p.num_regions; r += gridDim.x) {
+  const int64_t c_begin = rank * chunks / csize, c_end = (rank + 1) * chunks / csize;
+  auto stage_of = [&](int64_t c) { return stages + c % 2 * S::kStageValues; };
+  for (int64_t r = blockIdx.x / csize; r < p.num_regions; r += gridDim.x / csize) {
     const int64_t br0 = r / p.region_cols * S::kSpan, bc0 = r % p.region_cols * S::kSpan;
     // Loaded once: read again after the walk over n, they cost its latency at short n.
     const RegionEntries<S> entries(p, br0, bc0);
-    if (!entries.any()) continue;  // uniform over the thread block
+    if (!entries.any()) continue;  // uniform over the cluster
     const int64_t row0 = br0 * S::kBeta, col0 = bc0 * S::kBeta;
 
     float acc[S::kNTiles][4] = {};
-    copy_chunk<T, S, kLhsNMajor, kRhsNMajor>(p, row0, col0, 0, stages);
-    cp_async_commit();
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (c + 1 < chunks) {
-        copy_chunk<T, S, kLhsNMajor, kRhsNMajor>(p, row0, col0, c + 1,
-                                                 stages + (c + 1) % 2 * S::kStageValues);
+    if (c_begin < c_end) {
+      copy_chunk<T, S, kLhsNMajor, kRhsNMajor>(p, row0, col0, c_begin, stage_of(c_begin));
+      cp_async_commit();
+    }
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      if (c + 1 < c_end) {
+        copy_chunk<T, S, kLhsNMajor, kRhsNMajor>(p, row0, col0, c + 1, stage_of(c + 1));
         cp_async_commit();
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
       }
       __syncthreads();
-      const T* stage = stages + c % 2 * S::kStageValues;
+      const T* stage = stage_of(c);
       if constexpr (S::kTf32) {
         multiply_chunk_3xtf32<S, kLhsNMajor, kRhsNMajor>(stage, acc);
       } else {
@@ -242,16 +256,28 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
     for (int nt = 0; nt < S::kNTiles; ++nt) {
       store_accumulator(c_tile + warp * 16 * S::kCStride + nt * 8, S::kCStride, acc[nt]);
     }
-    __syncthreads();
+    // C of the whole walk at index i of the tiles: this thread block's, or the cluster's sum.
+    auto c_at = [&](int i) {
+      if constexpr (!kSplit) return c_tile[i];
+      float sum = 0.0f;
+      for (int q = 0; q < csize; ++q) sum += cg::this_cluster().map_shared_rank(c_tile, q)[i];
+      return sum;
+    };
+    if constexpr (kSplit) {
+      cg::this_cluster().sync();
+    } else {
+      __syncthreads();
+    }
     T* out = static_cast<T*>(p.a.out);
 #pragma unroll
     for (int d = 0; d < entries.kBlocks; ++d) {
-      const float* c_block = c_tile + (d / S::kSpan * S::kCStride + d % S::kSpan) * S::kBeta;
-      for (int64_t e = entries.begin[d] + threadIdx.x; e < entries.end[d]; e += S::kThreads) {
+      const int c_block = (d / S::kSpan * S::kCStride + d % S::kSpan) * S::kBeta;
+      for (int64_t e = entries.begin[d] + rank * S::kThreads + threadIdx.x; e < entries.end[d];
+           e += csize * S::kThreads) {
         const uint16_t l = p.a.local[e];
         // Masking keeps a corrupt local index inside the block.
         const int row = local_row(l) & (S::kBeta - 1), col = local_col(l) & (S::kBeta - 1);
-        float c = c_block[row * S::kCStride + col];
+        float c = c_at(c_block + row * S::kCStride + col);
         if (!isfinite(c)) {
           const int64_t region_row = d / S::kSpan * S::kBeta, region_col = d % S::kSpan * S::kBeta;
           c = exact_entry<T>(p.a, row0 + region_row + row, col0 + region_col + col);
@@ -259,35 +285,56 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
         out[e] = from_float<T>(c);
       }
     }
-    __syncthreads();  // C is the next region's stages
+    // C is the next region's stages, and the other ranks read it.
+    if constexpr (kSplit) {
+      cg::this_cluster().sync();
+    } else {
+      __syncthreads();
+    }
   }
 }
+
+// Chunks of n that a rank of a cluster walks at least: the walk keeps the next chunk in flight
+// while it multiplies one, and the cluster's sum of partial Cs costs about one chunk's
+// multiply.
+constexpr int64_t kMinChunksPerRank = 4;
 
 template <typename T, int kBeta, int kSpan, bool kLhsTransposed, bool kRhsTransposed>
 cudaError_t launch(const SddmmArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
   // L is n-major when transposed, R when not.
   constexpr bool kLhsNMajor = kLhsTransposed, kRhsNMajor = !kRhsTransposed;
   using S = Shape<T, kBeta, kSpan, kLhsNMajor, kRhsNMajor>;
-  constexpr auto kKernel = sddmm_tensor_kernel<T, S, kLhsNMajor, kRhsNMajor>;
+  constexpr auto kKernel = sddmm_tensor_kernel<T, S, kLhsNMajor, kRhsNMajor, false>;
+  constexpr auto kSplitKernel = sddmm_tensor_kernel<T, S, kLhsNMajor, kRhsNMajor, true>;
   auto pieces = [](const void* m, int64_t contiguous) {
     return contiguous % (16 / sizeof(T)) == 0 && reinterpret_cast<uintptr_t>(m) % 16 == 0;
   };
   const int64_t region_cols = ceil_div(a.shape.block_cols(), kSpan);
-  const Params p{a,
-                 a.shape.block_rows(),
-                 a.shape.block_cols(),
-                 region_cols,
-                 ceil_div(a.shape.block_rows(), kSpan) * region_cols,
-                 pieces(a.lhs, kLhsNMajor ? a.shape.rows : a.n),
-                 pieces(a.rhs, kRhsNMajor ? a.shape.cols : a.n)};
+  Params p{a,
+           a.shape.block_rows(),
+           a.shape.block_cols(),
+           region_cols,
+           ceil_div(a.shape.block_rows(), kSpan) * region_cols,
+           pieces(a.lhs, kLhsNMajor ? a.shape.rows : a.n),
+           pieces(a.rhs, kRhsNMajor ? a.shape.cols : a.n),
+           /*cluster=*/1};
   if (S::kSmemBytes > static_cast<size_t>(dev.max_smem_optin)) {
     return cudaErrorInvalidConfiguration;
   }
   cudaError_t err = allow_smem<kKernel>(dev.device, S::kSmemBytes);
+  if (err == cudaSuccess) err = allow_smem<kSplitKernel>(dev.device, S::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  // Clusters split the walk over n of few regions while all their thread blocks still fit in
+  // one wave (a region's chunks play the part of a line's positions).
+  err = line_cluster(
+      0, dev, p.num_regions, ceil_div(a.n, S::kChunk), kMinChunksPerRank,
+      [&](int c) { return resident_on_gpu<kSplitKernel>(c, S::kThreads, S::kSmemBytes, dev); },
+      &p.cluster);
   if (err != cudaSuccess) return err;
   // A grid-stride loop covers more regions than one launch can have.
-  const int64_t grid = std::min<int64_t>(p.num_regions, INT32_MAX);
-  return launch_lines(kKernel, p, grid, 1, 1, S::kThreads, S::kSmemBytes, stream);
+  const int64_t grid = std::min<int64_t>(p.num_regions, INT32_MAX / 8);
+  return launch_lines(p.cluster > 1 ? kSplitKernel : kKernel, p, grid, p.cluster, 1, S::kThreads,
+                      S::kSmemBytes, stream);
 }
 
 // Regions of 2 x 2 blocks share each staged row of L and column of R between two blocks, which

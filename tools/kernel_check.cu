@@ -483,6 +483,9 @@ int run_check(int level, const DeviceInfo& dev) {
         }
       }
       check_sddmm(small, t, 40, false, false, rng, dev, {8});
+      // On tensor cores (the heuristic's cluster): float32 in 19 chunks of n (4 ranks),
+      // 16-bit values in 10 (2 ranks).
+      for (int lt = 0; lt < 2; ++lt) check_sddmm(small, t, 600, lt, !lt, rng, dev);
     }
     // Lines of one CSB block and a long n: thread blocks walk several n-tiles, forced (over
     // sparse blocks, an empty one, full blocks of several sort chunks and repeated positions)
