@@ -50,16 +50,16 @@ def check_shape(shape) -> tuple[int, int]:
 # jax_enable_x64) runs in it, and the constructors reject the rest.
 GPU_MAX_DEFAULT_BLOCK_SIZE = 128
 GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT = 64  # the tensor-core kernels' largest block
-# From this density on (cuda_config.h, kTensorMinDensityF32), a GPU runs float32 products on the
-# tensor cores too, which multiply every block as a dense tile: there the largest block they
-# take, 64, leaves the fewest tiles and barriers. H100, kernel_check bench, SpMM at n >= 64:
-# density 0.5, 2048 x 512 and 512 x 2048, n = 2048: float32 0.10 ms at 64 against 0.12-0.17 at
-# 32 and 0.26-0.31 at 16; density 0.3, 4096 x 1024, n = 4096: float32 0.61-0.68 against
-# 0.88-1.08 ms at 32, bfloat16 0.27-0.34 against 0.43-0.47 ms. A training step's three products
-# at density 0.5, n = 2048: 512 x 512 0.10 ms at 64 against 0.14 at 32, 2048 x 512 0.30 against
-# 0.41 (feature-major). What it costs: float32 at n = 16, 1.1x the time at 32, the float32
-# transposed product at n = 1, 1.4x, and the batch-leading products of a 512 x 512 layer at
-# n = 512, 1.2x.
+# From this density on (cuda_config.h, kTensorMinDensityF32; test_format.py checks that the two
+# agree), a GPU runs float32 products on the tensor cores too, which multiply every block as a dense
+# tile: there the largest block they take, 64, leaves the fewest tiles and barriers. H100,
+# kernel_check bench, SpMM at n >= 64: density 0.5, 2048 x 512 and 512 x 2048, n = 2048: float32
+# 0.10 ms at 64 against 0.12-0.17 at 32 and 0.26-0.31 at 16; density 0.3, 4096 x 1024, n = 4096:
+# float32 0.61-0.68 against 0.88-1.08 ms at 32, bfloat16 0.27-0.34 against 0.43-0.47 ms. A training
+# step's three products at density 0.5, n = 2048: 512 x 512 0.10 ms at 64 against 0.14 at 32,
+# 2048 x 512 0.30 against 0.41 (feature-major). What it costs: float32 at n = 16, 1.1x the time at
+# 32, the float32 transposed product at n = 1, 1.4x, and the batch-leading products of a 512 x 512
+# layer at n = 512, 1.2x.
 GPU_TENSOR_MIN_DENSITY = 1 / 8
 
 

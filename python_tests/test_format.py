@@ -3,6 +3,9 @@ block size."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from helpers import BLOCK_SIZES, random_dense, random_mask, seed_of
 
 import jaxcsb
-from jaxcsb._build import default_block_size
+from jaxcsb._build import GPU_TENSOR_MIN_DENSITY, default_block_size
 
 
 @pytest.mark.parametrize("block_size", BLOCK_SIZES)
@@ -78,6 +81,17 @@ def test_default_block_size_on_a_gpu_is_the_tensor_cores_from_a_density_of_an_ei
     assert default_block_size(shape, eighth - 1, "gpu") == 128
     assert default_block_size(shape, eighth, "cpu") == 64
     assert default_block_size(shape, shape[0] * shape[1] // 2, "cpu") == 16
+
+
+def test_default_block_size_uses_the_kernels_tensor_core_density():
+    """GPU_TENSOR_MIN_DENSITY mirrors kTensorMinDensityF32, the density from which the CUDA
+    kernels run float32 products on the tensor cores."""
+    header = Path(__file__).resolve().parents[1] / "cuda" / "cuda_config.h"
+    if not header.is_file():
+        pytest.skip(f"{header} is not here: the tests run outside the source tree")
+    match = re.search(r"constexpr double kTensorMinDensityF32 = ([0-9.]+);", header.read_text())
+    assert match, f"kTensorMinDensityF32 not found in {header}"
+    assert float(match.group(1)) == GPU_TENSOR_MIN_DENSITY
 
 
 def test_default_block_size_on_a_gpu_stays_64_below_a_dimension_of_65():
