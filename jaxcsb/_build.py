@@ -49,7 +49,8 @@ def check_shape(shape) -> tuple[int, int]:
 # Dtypes other than the 16-bit ones count as float32: a layer's float64 (without
 # jax_enable_x64) runs in it, and the constructors reject the rest.
 GPU_MAX_DEFAULT_BLOCK_SIZE = 128
-GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT = 64  # the tensor-core kernels' largest block
+GPU_TENSOR_MAX_BLOCK_SIZE = 64  # the tensor-core kernels' largest block
+GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT = GPU_TENSOR_MAX_BLOCK_SIZE
 # From this density on (cuda_config.h, kTensorMinDensityF32; test_format.py checks that the two
 # agree), a GPU runs float32 products on the tensor cores too, which multiply every block as a dense
 # tile: there the largest block they take, 64, leaves the fewest tiles and barriers. H100,
@@ -101,7 +102,7 @@ def default_block_size(
         dtype_cap = GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT if sixteen else GPU_MAX_DEFAULT_BLOCK_SIZE
         cap = min(cap, dtype_cap, fill_cap)
         if density >= GPU_TENSOR_MIN_DENSITY:
-            return min(GPU_MAX_DEFAULT_BLOCK_SIZE_16BIT, cap)
+            return min(GPU_TENSOR_MAX_BLOCK_SIZE, cap)
     for beta in BLOCK_SIZES:
         if density * beta >= 8 or beta >= cap:
             return beta
