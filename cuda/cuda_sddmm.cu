@@ -167,8 +167,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   // This block's share of the tiles of n: all of them, or the rank-th of the cluster's shares.
   const int csize = kSplit ? p.cluster : 1, rank = static_cast<int>(blockIdx.x % csize);
   const int64_t tiles = ceil_div(p.n, kTileN);
-  const int64_t n_begin = kSplit ? rank * tiles / csize * kTileN : 0;
-  const int64_t n_end = kSplit ? std::min(p.n, (rank + 1) * tiles / csize * kTileN) : p.n;
+  const Share<int64_t> my_tiles = even_share(tiles, csize, rank);
+  const int64_t n_begin = kSplit ? my_tiles.begin * kTileN : 0;
+  const int64_t n_end = kSplit ? std::min(p.n, my_tiles.end * kTileN) : p.n;
 
   for (int64_t region = blockIdx.x / csize; region < p.num_regions; region += gridDim.x / csize) {
     const int64_t rr = region / p.region_cols, rc = region % p.region_cols;
@@ -269,11 +270,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
       for (int s = 0; s < kPer; ++s) part[threadIdx.x * kPer + s] = acc[s];
       cluster.sync();
       for (int s = rank; s < count; s += csize) {
-        float sum = 0.0f;
-        for (int q = 0; q < csize; ++q) {
-          sum += cluster.map_shared_rank(part, q)[threadIdx.x * kPer + s];
-        }
-        out[e_begin + s] = from_float<T>(sum);
+        out[e_begin + s] = from_float<T>(cluster_sum(part, csize, threadIdx.x * kPer + s));
       }
       cluster.sync();  // the partial sums are written again by the next pass
     }

@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
   const int warp = threadIdx.x / 32;
   const int csize = kSplit ? p.cluster : 1, rank = static_cast<int>(blockIdx.x % csize);
   const int64_t chunks = ceil_div(p.a.n, S::kChunk);
-  const int64_t c_begin = rank * chunks / csize, c_end = (rank + 1) * chunks / csize;
+  const auto [c_begin, c_end] = even_share(chunks, csize, rank);
   auto stage_of = [&](int64_t c) { return stages + c % 2 * S::kStageValues; };
   for (int64_t r = blockIdx.x / csize; r < p.num_regions; r += gridDim.x / csize) {
     const int64_t br0 = r / p.region_cols * S::kSpan, bc0 = r % p.region_cols * S::kSpan;
@@ -259,9 +259,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
     // C of the whole walk at index i of the tiles: this thread block's, or the cluster's sum.
     auto c_at = [&](int i) {
       if constexpr (kSplit) {
-        float sum = 0.0f;
-        for (int q = 0; q < csize; ++q) sum += cg::this_cluster().map_shared_rank(c_tile, q)[i];
-        return sum;
+        return cluster_sum(c_tile, csize, i);
       } else {
         return c_tile[i];
       }

@@ -390,6 +390,26 @@ __device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b,
   *end = static_cast<int>(e1);
 }
 
+// Rank `rank`'s even share [begin, end) of `count` units split over the `parts` thread blocks
+// of a cluster (a line's positions, a tile's rows, the chunks of n).
+template <typename I>
+struct Share {
+  I begin, end;
+};
+template <typename I>
+__device__ __forceinline__ Share<I> even_share(I count, int parts, int rank) {
+  return {rank * count / parts, (rank + 1) * count / parts};
+}
+
+// The sum over the `csize` thread blocks of a cluster of element i of each one's `part` (shared
+// memory), in rank order: a fixed order, so the result is reproducible.
+__device__ __forceinline__ float cluster_sum(const float* part, int csize, int i) {
+  const cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  float sum = 0.0f;
+  for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(part, q)[i];
+  return sum;
+}
+
 // The part of a line that a thread block of the narrow family walks: the cluster's line, and
 // the block's even share [pos_begin, pos_end) of the line's positions.
 struct LinePart {
@@ -397,7 +417,8 @@ struct LinePart {
 };
 __device__ __forceinline__ LinePart line_part(const LineParams& p) {
   const int csize = p.cluster, rank = static_cast<int>(blockIdx.x % csize);
-  return {blockIdx.x / csize, rank * p.line_length / csize, (rank + 1) * p.line_length / csize};
+  const Share<int64_t> positions = even_share(p.line_length, csize, rank);
+  return {blockIdx.x / csize, positions.begin, positions.end};
 }
 
 // The index of the block at position `pos` of a line of a matrix with `block_cols` block
@@ -550,7 +571,8 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
   }
 
   const cg::cluster_group cluster = cg::this_cluster();
-  const int r_lo = rank * kBeta / csize, share = (rank + 1) * kBeta / csize - r_lo;
+  const Share<int> rows = even_share(kBeta, csize, rank);
+  const int r_lo = rows.begin, share = rows.end - rows.begin;
   if (by4) {
     for (int i = threadIdx.x; i < share * kGroups; i += blockDim.x) {
       const int r = r_lo + i / kGroups, c = i % kGroups * 4;
@@ -568,9 +590,7 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
       const int r = r_lo + (kBatchLeading ? i % share : i / kWidth);
       const int c = kBatchLeading ? i / share : i % kWidth;
       if (r >= out_rows || c >= n_valid) continue;
-      float sum = 0.0f;
-      for (int q = 0; q < csize; ++q) sum += cluster.map_shared_rank(red, q)[r * kStride + c];
-      origin[r * row_step + c * col_step] = from_float<T>(sum);
+      origin[r * row_step + c * col_step] = from_float<T>(cluster_sum(red, csize, r * kStride + c));
     }
   }
   cluster.sync();  // no block reuses or leaves its tile while others read it
