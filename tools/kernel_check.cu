@@ -519,6 +519,15 @@ int run_check(int level, const DeviceInfo& dev) {
         }
       }
     }
+    // Line tiles that outnumber the multiprocessors by less than half: the wide kernel's
+    // heuristic splits its lines of 16 positions in halves (4 lines x 49 tiles of n at beta 128,
+    // transposed, in both layouts).
+    if (!quick && dev.cluster_launch) {
+      HostCsb halves = random_csb(2048, 500, 128, 0.02, t, rng);
+      for (int bl = 0; bl < 2; ++bl) {
+        check_spmm(halves, t, 6272, true, bl, {0, SpmmKernel::kWide}, rng, dev);
+      }
+    }
     // Split n on lines longer than kSplitNLongLine, which float32 at beta 64 runs in a kernel of
     // its own (split_n_min_blocks), ragged at the line's end and at n's.
     if (!tiny) {
