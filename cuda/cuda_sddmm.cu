@@ -168,8 +168,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int csize = kSplit ? p.cluster : 1, rank = static_cast<int>(blockIdx.x % csize);
   const int64_t tiles = ceil_div(p.n, kTileN);
   const Share<int64_t> my_tiles = even_share(tiles, csize, rank);
-  const int64_t n_begin = kSplit ? my_tiles.begin * kTileN : 0;
-  const int64_t n_end = kSplit ? std::min(p.n, my_tiles.end * kTileN) : p.n;
+  const int64_t n_begin = my_tiles.begin * kTileN, n_end = std::min(p.n, my_tiles.end * kTileN);
 
   for (int64_t region = blockIdx.x / csize; region < p.num_regions; region += gridDim.x / csize) {
     const int64_t rr = region / p.region_cols, rc = region % p.region_cols;

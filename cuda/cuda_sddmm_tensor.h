@@ -22,8 +22,6 @@
 // reproducible.
 #pragma once
 
-#include <cooperative_groups.h>
-
 #include <algorithm>
 #include <cstdint>
 
@@ -213,7 +211,6 @@ struct RegionEntries {
 // so that the unsplit walk keeps its registers.
 template <typename T, class S, bool kLhsNMajor, bool kRhsNMajor, bool kSplit>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kernel(const Params p) {
-  namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem_c[];
   T* stages = reinterpret_cast<T*>(smem_c);
   float* c_tile = reinterpret_cast<float*>(smem_c);  // after the walk over n
@@ -264,11 +261,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
         return c_tile[i];
       }
     };
-    if constexpr (kSplit) {
-      cg::this_cluster().sync();
-    } else {
-      __syncthreads();
-    }
+    sync_cluster_or_block(kSplit);
     T* out = static_cast<T*>(p.a.out);
 #pragma unroll
     for (int d = 0; d < entries.kBlocks; ++d) {
@@ -286,12 +279,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) sddmm_tensor_kerne
         out[e] = from_float<T>(c);
       }
     }
-    // C is the next region's stages, and the other ranks read it.
-    if constexpr (kSplit) {
-      cg::this_cluster().sync();
-    } else {
-      __syncthreads();
-    }
+    sync_cluster_or_block(kSplit);  // C is the next region's stages, and other ranks read it
   }
 }
 

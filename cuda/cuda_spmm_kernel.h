@@ -591,16 +591,6 @@ int wide_cluster(int csize, int64_t blocks, int64_t line_length, int64_t line_nn
   return best;
 }
 
-// Clusters of two where the thread blocks (lines x n-tiles, `blocks`) outnumber the
-// multiprocessors by less than half: with a thread block a line, some multiprocessors walk two
-// lines and the rest one, while halves of lines give each at most three halves, 1.5 lines of
-// work against 2 (one_per_sm_cluster makes the same cut for the warp families). The one-wave
-// and waves rules above see one wave either way. Each half keeps `min_half` positions, so that
-// the cluster's reduction stays small beside the staging of its tiles.
-inline bool halves_balance(int64_t blocks, int num_sms, int64_t line_length, int min_half) {
-  return blocks > num_sms && 2 * blocks < 3 * int64_t{num_sms} && line_length >= 2 * min_half;
-}
-
 template <typename T, class Cfg, bool kTranspose, bool kBatchLeading>
 cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                    const SpmmOptions& options) {
@@ -628,14 +618,16 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
   if (options.cluster <= 0 && dev.cluster_launch) {
     p.cluster = wide_cluster(p.cluster, p.num_lines * tiles_y, p.line_length,
                              a.nnz / std::max<int64_t>(p.num_lines, 1), slots);
-    // The batch-leading reduction reads the partial tiles one value at a time, against four in
-    // the feature-major one: the rn50 projection layer transposed (4 lines of 8 blocks at beta
-    // 128, 196 line tiles) took 0.139 -> 0.122 ms in halves feature-major, but 0.166 -> 0.176 ms
-    // batch-leading; on lines of 16 blocks (8 lines, 160 line tiles) 0.263 -> 0.216 and
-    // 0.318 -> 0.287 ms.
+    // Halves where they balance the multiprocessors (halves_balance), each keeping kMinHalf
+    // positions, so that the cluster's reduction stays small beside the staging of its tiles.
+    // The batch-leading layout loses in halves of 4 blocks, and not to its reduction's reads
+    // (four values at a time ran as slow): the rn50 projection layer transposed (4 lines of 8
+    // blocks at beta 128, 196 line tiles) took 0.139 -> 0.122 ms in halves feature-major, but
+    // 0.166 -> 0.176 ms batch-leading; on lines of 16 blocks (8 lines, 160 line tiles) 0.263 ->
+    // 0.216 and 0.318 -> 0.287 ms.
     constexpr int kMinHalf = kBatchLeading ? 8 : 4;
-    if (p.cluster == 1 &&
-        halves_balance(p.num_lines * tiles_y, dev.num_sms, p.line_length, kMinHalf)) {
+    if (p.cluster == 1 && halves_balance(p.num_lines * tiles_y, dev.num_sms) &&
+        p.line_length >= 2 * kMinHalf) {
       p.cluster = 2;
     }
   }

@@ -212,18 +212,23 @@ struct WarpLaunch {
   bool walk_one_block_lines = false;
 };
 
+// Whether `blocks` thread blocks, a line (tile) each, outnumber the multiprocessors by less than
+// half: some multiprocessors then walk two lines and the rest one, while halves of the lines
+// (clusters of two) give each at most three halves, 1.5 lines of work against 2. A rule of one
+// wave sees one wave either way.
+inline bool halves_balance(int64_t blocks, int num_sms) {
+  return blocks > num_sms && 2 * blocks < 3 * int64_t{num_sms};
+}
+
 // The cluster that SlotCount::kOnePerSm takes for `blocks` thread blocks (lines x n-tiles) of
 // lines of `line_length` positions, before any count of resident blocks: the largest that keeps
-// one thread block per multiprocessor where that allows clusters of two or more; 2 where the
-// lines outnumber the multiprocessors by less than half (with a thread block a line, some
-// multiprocessors would walk two lines and the rest one); else 0, and the unclustered count
-// decides.
+// one thread block per multiprocessor where that allows clusters of two or more; 2 where halves
+// balance the multiprocessors (halves_balance); else 0, and the unclustered count decides.
 inline int one_per_sm_cluster(const DeviceInfo& dev, int64_t blocks, int64_t line_length) {
   int c = 0;
   if (2 * blocks <= dev.num_sms) {
     line_cluster(0, dev, blocks, line_length, 2, [&](int) { return int64_t{dev.num_sms}; }, &c);
-  } else if (blocks > dev.num_sms && 2 * blocks < 3 * dev.num_sms && line_length >= 4 &&
-             dev.cluster_launch) {
+  } else if (halves_balance(blocks, dev.num_sms) && line_length >= 4 && dev.cluster_launch) {
     c = 2;
   }
   return c > 1 ? c : 0;
@@ -401,6 +406,16 @@ __device__ __forceinline__ Share<I> even_share(I count, int parts, int rank) {
   return {rank * count / parts, (rank + 1) * count / parts};
 }
 
+// A barrier over the cluster where its thread blocks share the work, else over the thread block
+// alone (which costs less).
+__device__ __forceinline__ void sync_cluster_or_block(bool clustered) {
+  if (clustered) {
+    cooperative_groups::this_cluster().sync();
+  } else {
+    __syncthreads();
+  }
+}
+
 // The sum over the `csize` thread blocks of a cluster of element i of each one's `part` (shared
 // memory), in rank order: a fixed order, so the result is reproducible.
 __device__ __forceinline__ float cluster_sum(const float* part, int csize, int i) {
@@ -529,11 +544,7 @@ __device__ __forceinline__ void write_line_tile(const LineParams& p, const float
                                                 int64_t n0) {
   namespace cg = cooperative_groups;
   const int csize = p.cluster, rank = static_cast<int>(blockIdx.x % csize);
-  if (csize > 1) {
-    cg::this_cluster().sync();
-  } else {
-    __syncthreads();
-  }
+  sync_cluster_or_block(csize > 1);
   const int64_t out_base = line * kBeta;
   const int out_rows = static_cast<int>(std::min<int64_t>(kBeta, p.out_dim - out_base));
   const int n_valid = static_cast<int>(std::min<int64_t>(kWidth, p.n - n0));
