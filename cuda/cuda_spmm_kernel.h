@@ -573,8 +573,11 @@ inline int64_t walk_extent(int64_t lines, int64_t tiles, int64_t slots, int64_t 
 // reach 1.9x the mean. Every thread block keeps kMinPositions positions and, on average over
 // lines of `line_nnz` nonzeros, kMinNonzeros nonzeros, so that the cluster's reduction (a tile
 // per block) stays small beside the staging (a tile per position) and the multiply-adds.
+// Where no cluster pays so and halves of the lines balance the multiprocessors (halves_balance),
+// lines go in halves of at least `min_half` positions each.
 template <class Slots>
-int wide_cluster(int csize, int64_t blocks, int64_t line_length, int64_t line_nnz, Slots slots) {
+int wide_cluster(int csize, int64_t blocks, int64_t line_length, int64_t line_nnz, Slots slots,
+                 int num_sms, int min_half) {
   constexpr int64_t kMinPositions = 8, kMinNonzeros = 2048;
   int best = csize;
   int64_t best_waves = ceil_div(blocks * csize, std::max<int64_t>(slots(csize), 1));
@@ -588,6 +591,7 @@ int wide_cluster(int csize, int64_t blocks, int64_t line_length, int64_t line_nn
       best_waves = waves;
     }
   }
+  if (best == 1 && halves_balance(blocks, num_sms) && line_length >= 2 * min_half) return 2;
   return best;
 }
 
@@ -616,20 +620,16 @@ cudaError_t launch(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream
                      &p.cluster);
   if (err != cudaSuccess) return err;
   if (options.cluster <= 0 && dev.cluster_launch) {
-    p.cluster = wide_cluster(p.cluster, p.num_lines * tiles_y, p.line_length,
-                             a.nnz / std::max<int64_t>(p.num_lines, 1), slots);
-    // Halves where they balance the multiprocessors (halves_balance), each keeping kMinHalf
-    // positions, so that the cluster's reduction stays small beside the staging of its tiles.
-    // The batch-leading layout loses in halves of 4 blocks, and not to its reduction's reads
-    // (four values at a time ran as slow): the rn50 projection layer transposed (4 lines of 8
-    // blocks at beta 128, 196 line tiles) took 0.139 -> 0.122 ms in halves feature-major, but
-    // 0.166 -> 0.176 ms batch-leading; on lines of 16 blocks (8 lines, 160 line tiles) 0.263 ->
-    // 0.216 and 0.318 -> 0.287 ms.
+    // Halves keep 4 positions each, so that the cluster's reduction stays small beside the
+    // staging of their tiles, and 8 in the batch-leading layout, which loses in halves of 4
+    // blocks, and not to its reduction's reads (four values at a time ran as slow): the rn50
+    // projection layer transposed (4 lines of 8 blocks at beta 128, 196 line tiles) took
+    // 0.139 -> 0.122 ms in halves feature-major, but 0.166 -> 0.176 ms batch-leading; on lines
+    // of 16 blocks (8 lines, 160 line tiles) 0.263 -> 0.216 and 0.318 -> 0.287 ms.
     constexpr int kMinHalf = kBatchLeading ? 8 : 4;
-    if (p.cluster == 1 && halves_balance(p.num_lines * tiles_y, dev.num_sms) &&
-        p.line_length >= 2 * kMinHalf) {
-      p.cluster = 2;
-    }
+    p.cluster =
+        wide_cluster(p.cluster, p.num_lines * tiles_y, p.line_length,
+                     a.nnz / std::max<int64_t>(p.num_lines, 1), slots, dev.num_sms, kMinHalf);
   }
 
   const size_t walk_smem = L::kWalkBytes;
