@@ -195,10 +195,42 @@ constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double dens
          (half_precision || density >= kTensorMinDensityF32);
 }
 
-// Whether kernel family `kernel` can run a product of block size beta (kAuto and the wide
-// family run every one).
-constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta) {
+// Float32 SpMM from a slab of the dense operand (cuda_spmm_slab.cu): the nonzeros sorted by output
+// row once into a workspace, then thread blocks that each keep the dense operand's whole input
+// axis x 32 columns of n in shared memory (128 KiB at most) and walk every row against it, in
+// the feature-major layout, at block sizes up to kSlabMaxBeta. Tiles of 16 and 8 columns for a
+// longer input axis ran 1.0-1.6x slower than the wide kernel (bank conflicts of 16 slab rows a
+// read, and the sorted nonzeros read again for every tile), so the input axis stops at 1024.
+constexpr int kSlabMaxBeta = 128;
+constexpr long long kSlabMaxRows = 1024;
+constexpr bool slab_serves(int beta, bool float32, bool batch_leading, long long rows) {
+  return float32 && !batch_leading && beta <= kSlabMaxBeta && rows <= kSlabMaxRows;
+}
+
+// Whether the slab kernels take a float32 product that the tensor cores do not: where lines hold
+// so few nonzeros that the wide kernel's staging of the dense operand for every block of every
+// line, and its sort of every block for every tile of n, outweigh their multiply-adds, and the
+// product has rows and columns enough to hide the sort's launch. On an H100 (kernel_check bench,
+// beta 128, n = 4096, 4096 x 1024 forward and 1024 x 4096 transposed): 0.67x the wide kernel's
+// time at density 0.02 (0.177 against 0.263 ms), 0.85x at 0.05, 0.95x at 0.08, 0.99-1.01x at
+// 0.1; 512-2048 output rows at n = 2048-6272 (the DLMC layers' shapes) 0.94-1.22x, 64 rows at
+// n = 100352 1.23x.
+constexpr double kSlabMaxDensity = 0.08;
+constexpr long long kSlabMinN = 1024;
+constexpr long long kSlabMinOutRows = 4096;
+constexpr bool slab_preferred(long long n, int beta, double density, bool batch_leading,
+                              long long out_rows, long long rows) {
+  return slab_serves(beta, true, batch_leading, rows) && n >= kSlabMinN &&
+         out_rows >= kSlabMinOutRows && density <= kSlabMaxDensity;
+}
+
+// Whether kernel family `kernel` can run a product of block size beta, value type and layout,
+// whose lines have `line_length` positions (kAuto and the wide family run every one).
+constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32, bool batch_leading,
+                                  long long line_length) {
   switch (kernel) {
+    case SpmmKernel::kSlab:
+      return slab_serves(beta, float32, batch_leading, line_length * beta);
     case SpmmKernel::kNarrow:
       return narrow_n_supported(beta);
     case SpmmKernel::kTensor:
@@ -210,15 +242,28 @@ constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta) {
 }
 
 // The kernel family that serves a product by default (line_length: the positions of a line of
-// the product's direction).
+// the product's direction; out_rows: its output rows).
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
-                                           bool half_precision, long long line_length) {
+                                           bool half_precision, bool batch_leading,
+                                           long long line_length, long long out_rows) {
   if (tensor_cores_preferred(n, beta, density, transpose, half_precision)) {
     return tensor_split_n_preferred(n, line_length, half_precision) ? SpmmKernel::kTensorSplitN
                                                                     : SpmmKernel::kTensor;
   }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
+  if (!half_precision &&
+      slab_preferred(n, beta, density, batch_leading, out_rows, line_length * beta)) {
+    return SpmmKernel::kSlab;
+  }
   return SpmmKernel::kWide;
+}
+
+// The family that runs a product: the one `options` force, else the heuristic's pick.
+inline SpmmKernel spmm_kernel_for(const SpmmArgs& a, const SpmmOptions& options) {
+  if (options.kernel != SpmmKernel::kAuto) return options.kernel;
+  return preferred_spmm_kernel(a.n, a.shape.block_size, density(a.shape, a.nnz), a.shape.transpose,
+                               a.dtype != DType::kF32, a.batch_leading, a.shape.line_length(),
+                               a.shape.out_dim());
 }
 
 // The configurations in use. Both kernel families are specialised per beta because the

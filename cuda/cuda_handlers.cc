@@ -32,8 +32,8 @@ ffi::Error cuda_error(const char* what, cudaError_t err) {
 
 ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer local,
                 ffi::AnyBuffer values, ffi::AnyBuffer dense, ffi::Result<ffi::AnyBuffer> out,
-                int64_t rows, int64_t cols, int64_t block_size, bool transpose,
-                bool batch_leading) {
+                int64_t rows, int64_t cols, int64_t block_size, bool transpose, bool batch_leading,
+                ffi::ScratchAllocator scratch) {
   auto problem = check_spmm(block_ptr, local, values, dense, *out, rows, cols, block_size,
                             transpose, batch_leading);
   if (problem.has_error()) return problem.error();
@@ -54,6 +54,10 @@ ffi::Error Spmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer lo
   args.values = values.untyped_data();
   args.dense = dense.untyped_data();
   args.out = out->untyped_data();
+  if (const size_t bytes = spmm_workspace_bytes(args); bytes > 0) {
+    // Without it (XLA's allocator is out of memory) a kernel that needs none runs instead.
+    args.workspace = scratch.Allocate(bytes, 16).value_or(nullptr);
+  }
   if (cudaError_t err = launch_spmm(args, dev, stream); err != cudaSuccess) {
     return cuda_error("launching the SpMM kernel", err);
   }
@@ -96,7 +100,11 @@ ffi::Error Sddmm(cudaStream_t stream, ffi::AnyBuffer block_ptr, ffi::AnyBuffer l
 // Not declared command-buffer compatible: the first call on a device reads its properties and
 // raises the kernels' shared-memory limit, which CUDA refuses during stream capture
 // (cudaErrorStreamCaptureUnsupported inside jitted loops), so XLA must launch these directly.
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSpmm, Spmm, spmm_binding<ffi::PlatformStream<cudaStream_t>>());
+// The SpMM also takes XLA's scratch memory, for the workspace of the kernels that sort a
+// product's nonzeros once.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    kCudaSpmm, Spmm,
+    spmm_binding<ffi::PlatformStream<cudaStream_t>>().Ctx<ffi::ScratchAllocator>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCudaSddmm, Sddmm,
                               sddmm_binding<ffi::PlatformStream<cudaStream_t>>());
 

@@ -30,6 +30,9 @@ struct SpmmArgs {
   const void* values = nullptr;        // [nnz]
   const void* dense = nullptr;
   void* out = nullptr;
+  // Device memory of spmm_workspace_bytes() bytes (16-byte aligned) for the kernels that sort a
+  // product's nonzeros once, or null: the heuristic then picks among the others.
+  void* workspace = nullptr;
 };
 
 // out[e] = sum_n lhs[i_e, n] * rhs[n, j_e] at the nonzeros (i_e, j_e) of S. lhs is (rows, n), or
@@ -64,8 +67,9 @@ cudaError_t device_info(cudaStream_t stream, DeviceInfo* info);
 // The SpMM kernel family: wide n (a thread block per line and 128-column tile of n), narrow n
 // (a warp per CSB block or band of its rows, for small n at block sizes up to 128) or tensor cores
 // (CSB blocks expanded into dense tiles, at block sizes up to 64), whose warps split either the
-// line's blocks (kTensor) or n (kTensorSplitN); see cuda_config.h.
-enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor, kTensorSplitN };
+// line's blocks (kTensor) or n (kTensorSplitN), or a slab of the dense operand that a thread
+// block keeps for many lines (kSlab: float32 at high sparsity); see cuda_config.h.
+enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor, kTensorSplitN, kSlab };
 
 // Configuration forced by tests and benchmarks; the defaults let the heuristics choose.
 struct SpmmOptions {
@@ -80,6 +84,8 @@ struct SddmmOptions {
   int cluster = 0;  // CTAs that split the walk over n of one region (1, 2, 4 or 8); 0 = heuristic
 };
 
+// The workspace that launch_spmm can use for `args` (0: none).
+size_t spmm_workspace_bytes(const SpmmArgs& args, const SpmmOptions& options = {});
 cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
                         const SpmmOptions& options = {});
 cudaError_t launch_sddmm(const SddmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,

@@ -1,6 +1,8 @@
 // CUDA SpMM entry point: zero-sized and empty problems, then dispatch on the value type to the
 // kernels of cuda_spmm_kernel.h, instantiated per type in cuda_spmm_{f32,bf16,f16}.cu.
+#include "cuda_config.h"
 #include "cuda_kernels.h"
+#include "cuda_spmm_slab.h"
 #include "cuda_utils.h"
 
 namespace jaxcsb::cuda {
@@ -8,6 +10,14 @@ namespace jaxcsb::cuda {
 template <typename T>
 cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                               const SpmmOptions& options);
+
+size_t spmm_workspace_bytes(const SpmmArgs& args, const SpmmOptions& options) {
+  const CsbShape& s = args.shape;
+  const bool slab = spmm_kernel_for(args, options) == SpmmKernel::kSlab &&
+                    slab_serves(s.block_size, args.dtype == DType::kF32, args.batch_leading,
+                                s.line_length() * s.block_size);
+  return slab && args.nnz > 0 ? spmm_slab_workspace_bytes(args) : 0;
+}
 
 cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_t stream,
                         const SpmmOptions& options) {

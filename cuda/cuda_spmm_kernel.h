@@ -33,6 +33,7 @@
 #include "cuda_config.h"
 #include "cuda_kernels.h"
 #include "cuda_spmm_narrow.h"
+#include "cuda_spmm_slab.h"
 #include "cuda_spmm_tensor.h"
 #include "cuda_utils.h"
 
@@ -302,32 +303,7 @@ __device__ __forceinline__ void sort_chunk(const SpmmParams& p, int64_t k0, int 
     }
   }
   __syncthreads();
-  if (threadIdx.x < 32) {
-    // Exclusive scan of counts by one warp: lane l sums kPer consecutive rows.
-    constexpr int kPer = (kBeta + 31) / 32;
-    const int lane = threadIdx.x;
-    int c[kPer], sum = 0;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int r = lane * kPer + i;
-      c[i] = r < kBeta ? counts[r] : 0;
-      sum += c[i];
-    }
-    int incl = sum;
-#pragma unroll
-    for (int d = 1; d < 32; d *= 2) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, d);
-      if (lane >= d) incl += v;
-    }
-    int run = incl - sum;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int r = lane * kPer + i;
-      if (r < kBeta) start[r] = run;
-      run += c[i];
-    }
-    if (lane == 31) start[kBeta] = incl;
-  }
+  if (threadIdx.x < 32) warp_exclusive_scan<kBeta>(counts, start);
   __syncthreads();
   int rank[Cfg::kPerThread];
   if (!*repeats) {
@@ -674,12 +650,16 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
     constexpr bool kHalf = !std::is_same_v<T, float>;
-    const SpmmKernel kernel =
-        options.kernel != SpmmKernel::kAuto
-            ? options.kernel
-            : preferred_spmm_kernel(a.n, kBeta, density(a.shape, a.nnz), a.shape.transpose, kHalf,
-                                    a.shape.line_length());
-    if (!spmm_kernel_serves(kernel, kBeta)) return cudaErrorInvalidValue;
+    SpmmKernel kernel = spmm_kernel_for(a, options);
+    // The heuristic's slab pick needs a workspace; without one the wide kernel runs.
+    if (kernel == SpmmKernel::kSlab && a.workspace == nullptr &&
+        options.kernel == SpmmKernel::kAuto) {
+      kernel = SpmmKernel::kWide;
+    }
+    if (!spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading, a.shape.line_length())) {
+      return cudaErrorInvalidValue;
+    }
+    if (kernel == SpmmKernel::kSlab) return launch_spmm_slab(a, dev, stream);
     if (kernel == SpmmKernel::kTensor || kernel == SpmmKernel::kTensorSplitN) {
       if constexpr (tensor_cores_serve(kBeta)) {
         return launch_spmm_tensor<T, kBeta>(a, dev, stream, options,

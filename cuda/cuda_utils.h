@@ -395,6 +395,35 @@ __device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b,
   *end = static_cast<int>(e1);
 }
 
+// start[i] = counts[0] + ... + counts[i - 1] for i = 0 .. kN (start[kN]: the total), by one
+// warp; start may be counts itself.
+template <int kN>
+__device__ __forceinline__ void warp_exclusive_scan(const int* counts, int* start) {
+  constexpr int kPer = (kN + 31) / 32;  // lane l sums kPer consecutive counts
+  const int lane = threadIdx.x % 32;
+  int c[kPer], sum = 0;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int r = lane * kPer + i;
+    c[i] = r < kN ? counts[r] : 0;
+    sum += c[i];
+  }
+  int incl = sum;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += v;
+  }
+  int run = incl - sum;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int r = lane * kPer + i;
+    if (r < kN) start[r] = run;
+    run += c[i];
+  }
+  if (lane == 31) start[kN] = incl;
+}
+
 // Rank `rank`'s even share [begin, end) of `count` units split over the `parts` thread blocks
 // of a cluster (a line's positions, a tile's rows, the chunks of n).
 template <typename I>

@@ -290,6 +290,15 @@ SddmmArgs sddmm_args(const HostCsb& m, const DeviceCsb& dm, DType t, int64_t n, 
   return a;
 }
 
+// The workspace that launch_spmm can use for a, as the FFI handler allocates it (null: none).
+void* alloc_workspace(const SpmmArgs& a, const SpmmOptions& opt) {
+  void* ws = nullptr;
+  if (const size_t bytes = spmm_workspace_bytes(a, opt); bytes > 0) {
+    CHECK_CUDA(cudaMalloc(&ws, bytes));
+  }
+  return ws;
+}
+
 const char* kernel_name(SpmmKernel k) {
   switch (k) {
     case SpmmKernel::kWide:
@@ -300,6 +309,8 @@ const char* kernel_name(SpmmKernel k) {
       return "tensor";
     case SpmmKernel::kTensorSplitN:
       return "tensor-n";
+    case SpmmKernel::kSlab:
+      return "slab";
     default:
       return "auto";
   }
@@ -307,26 +318,35 @@ const char* kernel_name(SpmmKernel k) {
 
 // Every SpMM family that a test or benchmark can force.
 constexpr SpmmKernel kFamilies[] = {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor,
-                                    SpmmKernel::kTensorSplitN};
+                                    SpmmKernel::kTensorSplitN, SpmmKernel::kSlab};
 
-// The families that can run a product of m (transposed or not): the one the heuristic picks
-// (kAuto) and every other.
-std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool transpose) {
+// Whether family k can run a product of m in value type t, direction and layout.
+bool serves(SpmmKernel k, const HostCsb& m, DType t, bool transpose, bool batch_leading) {
   CsbShape s = m.shape;
   s.transpose = transpose;
-  const int beta = s.block_size;
+  return spmm_kernel_serves(k, s.block_size, t == DType::kF32, batch_leading, s.line_length());
+}
+
+// The families that can run a product of m (direction and layout given): the one the heuristic
+// picks (kAuto) and every other.
+std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool transpose,
+                                    bool batch_leading) {
+  CsbShape s = m.shape;
+  s.transpose = transpose;
   const double dens = density(s, static_cast<int64_t>(m.values.size()));
   const SpmmKernel preferred =
-      preferred_spmm_kernel(n, beta, dens, transpose, t != DType::kF32, s.line_length());
+      preferred_spmm_kernel(n, s.block_size, dens, transpose, t != DType::kF32, batch_leading,
+                            s.line_length(), s.out_dim());
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k : kFamilies) {
-    if (k != preferred && spmm_kernel_serves(k, beta)) kernels.push_back(k);
+    if (k != preferred && serves(k, m, t, transpose, batch_leading)) kernels.push_back(k);
   }
   return kernels;
 }
 
 void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch_leading,
-                const SpmmOptions& opt, std::mt19937& rng, const DeviceInfo& dev, int shift = 0) {
+                const SpmmOptions& opt, std::mt19937& rng, const DeviceInfo& dev, int shift = 0,
+                bool with_workspace = true) {
   CsbShape s = m.shape;
   s.transpose = transpose;
   const int64_t in_dim = s.in_dim(), out_dim = s.out_dim();
@@ -348,7 +368,8 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   const size_t out_bytes = out_dim * n * dtype_size(t);
   uint8_t* dout = nullptr;
   CHECK_CUDA(cudaMalloc(&dout, std::max<size_t>(out_bytes, 1)));
-  const SpmmArgs a = spmm_args(m, dm, t, n, transpose, batch_leading, dd, dout);
+  SpmmArgs a = spmm_args(m, dm, t, n, transpose, batch_leading, dd, dout);
+  if (with_workspace) a.workspace = alloc_workspace(a, opt);
   bool same = false;
   cudaError_t launch_error = cudaSuccess;
   auto bytes = run_repeatedly(
@@ -364,6 +385,7 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
   report(name, err, tolerance(t), same, launch_error);
   cudaFree(dd);
   cudaFree(dout);
+  cudaFree(a.workspace);
 }
 
 void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt19937& rng,
@@ -426,7 +448,7 @@ int run_check(int level, const DeviceInfo& dev) {
         for (int64_t n : ns) {
           for (int tr = 0; tr < 2; ++tr) {
             for (int bl = 0; bl < 2; ++bl) {
-              for (SpmmKernel kernel : kernels_for(m, t, n, tr)) {
+              for (SpmmKernel kernel : kernels_for(m, t, n, tr, bl)) {
                 for (int cluster : {0, 1, 2, 8}) {
                   if ((quick && cluster == 1) || (tiny && cluster == 8)) continue;
                   if (cluster > 1 && !dev.cluster_launch) continue;  // not on this device
@@ -455,6 +477,9 @@ int run_check(int level, const DeviceInfo& dev) {
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
+          if (serves(SpmmKernel::kSlab, full, t, tr, bl)) {
+            check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kSlab}, rng, dev);
+          }
         }
       }
     }
@@ -536,6 +561,18 @@ int run_check(int level, const DeviceInfo& dev) {
         check_spmm(long_lines, t, 300, false, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
       }
     }
+    // The slab kernels (float32) on lines of many nonzeros, over the longest input axis that
+    // they serve and past it (refused), ragged at n's end and at the last line; where the
+    // heuristic picks them, also without a workspace (the wide kernel runs).
+    if (t == DType::kF32 && !tiny) {
+      HostCsb heavy = random_csb(300, 1000, 128, 0.3, t, rng);
+      for (int tr = 0; tr < 2; ++tr) {
+        check_spmm(heavy, t, 37, tr, false, {0, SpmmKernel::kSlab}, rng, dev);
+      }
+      HostCsb sparse = random_csb(4100, 700, 64, 0.03, t, rng);
+      for (int64_t n : {1024, 1030}) check_spmm(sparse, t, n, false, false, {}, rng, dev);
+      check_spmm(sparse, t, 1024, false, false, {}, rng, dev, 0, /*with_workspace=*/false);
+    }
     // Repeated positions; at beta 128 (past the tiny level) also blocks of thousands of
     // nonzeros, which the transposed narrow walk cuts into bands of rows.
     for (int beta : tiny ? std::vector<int>{32} : std::vector<int>{32, 128}) {
@@ -545,7 +582,7 @@ int run_check(int level, const DeviceInfo& dev) {
           for (int bl = 0; bl < 2; ++bl) {
             check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kAuto}, rng, dev);
             for (SpmmKernel k : kFamilies) {
-              if (spmm_kernel_serves(k, beta)) {
+              if (serves(k, repeats, t, tr, bl)) {
                 check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
               }
             }
@@ -562,7 +599,7 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (SpmmKernel k : kFamilies) {
-            if (spmm_kernel_serves(k, beta)) {
+            if (serves(k, m, t, tr, tr)) {
               check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
           }
@@ -616,11 +653,12 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
   int bad = 0;
   for (int tr = 0; tr < 2; ++tr) {
     for (int bl = 0; bl < 2; ++bl) {
-      for (SpmmKernel kernel : kernels_for(m, t, n, tr)) {
+      for (SpmmKernel kernel : kernels_for(m, t, n, tr, bl)) {
         if (kernel == SpmmKernel::kNarrow && n > 64) continue;  // built for small n only
-        const SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
+        SpmmArgs a = spmm_args(m, dm, t, n, tr, bl, d_in, d_out);
         // tiles_per_block applies to lines of one block only (and the wide kernel only).
         const SpmmOptions opt{cluster, kernel, a.shape.line_length() == 1 ? tiles_per_block : 0};
+        a.workspace = alloc_workspace(a, opt);
         auto launch = [&] { return launch_spmm(a, dev, nullptr, opt); };
         const float ms = time_ms(launch);
         // Determinism: three runs bitwise equal.
@@ -632,6 +670,7 @@ int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, doubl
         std::printf("spmm  %s %-5s %-6s  %8.4f ms  %6.2f TFLOP/s  deterministic=%s\n",
                     tr ? "A^T.B" : "A.B  ", bl ? "batch" : "feat", kernel_name(kernel), ms,
                     flop / ms / 1e9, same ? "yes" : "NO");
+        cudaFree(a.workspace);
       }
     }
   }
