@@ -5,6 +5,8 @@
 //                                float64 host reference; outputs poisoned before each run; each
 //                                run twice and compared bitwise. `quick` and `tiny` keep the
 //                                problems small for compute-sanitizer (tiny for its slow tools).
+//                                KERNEL_CHECK_ONLY=<family> (wide, narrow, tensor, tensor-n,
+//                                slab) keeps the SpMM cases forced to that family alone.
 //   kernel_check bench [beta rows cols density n dtype cluster tiles_per_block]
 //                                default 4096 x 1024 at 90% sparsity, n = 4096, float32: both
 //                                directions and layouts (at narrow n both kernel families) and
@@ -344,9 +346,16 @@ std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool t
   return kernels;
 }
 
+// The family that KERNEL_CHECK_ONLY names, or null: every case runs.
+const char* only_family() {
+  static const char* only = std::getenv("KERNEL_CHECK_ONLY");
+  return only;
+}
+
 void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch_leading,
                 const SpmmOptions& opt, std::mt19937& rng, const DeviceInfo& dev, int shift = 0,
                 bool with_workspace = true) {
+  if (only_family() && std::strcmp(only_family(), kernel_name(opt.kernel)) != 0) return;
   CsbShape s = m.shape;
   s.transpose = transpose;
   const int64_t in_dim = s.in_dim(), out_dim = s.out_dim();
@@ -390,6 +399,7 @@ void check_spmm(const HostCsb& m, DType t, int64_t n, bool transpose, bool batch
 
 void check_sddmm(const HostCsb& m, DType t, int64_t n, bool lt, bool rt, std::mt19937& rng,
                  const DeviceInfo& dev, const SddmmOptions& opt = {}, int shift = 0) {
+  if (only_family()) return;
   const int64_t rows = m.shape.rows, cols = m.shape.cols;
   std::vector<float> lhs = random_dense(rows * n, t, rng), rhs = random_dense(cols * n, t, rng);
   std::vector<double> ref(m.values.size(), 0.0), scale(m.values.size(), 0.0);
