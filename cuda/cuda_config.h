@@ -258,12 +258,21 @@ constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density
   return SpmmKernel::kWide;
 }
 
-// The family that runs a product: the one `options` force, else the heuristic's pick.
+// The family that a product asks for: the one `options` force, else the heuristic's pick.
 inline SpmmKernel spmm_kernel_for(const SpmmArgs& a, const SpmmOptions& options) {
   if (options.kernel != SpmmKernel::kAuto) return options.kernel;
   return preferred_spmm_kernel(a.n, a.shape.block_size, density(a.shape, a.nnz), a.shape.transpose,
                                a.dtype != DType::kF32, a.batch_leading, a.shape.line_length(),
                                a.shape.out_dim());
+}
+
+// The family that runs it with the workspace that `a` holds: the heuristic's slab pick needs
+// one, and without it the wide kernel runs.
+inline SpmmKernel spmm_kernel_to_run(const SpmmArgs& a, const SpmmOptions& options) {
+  const SpmmKernel kernel = spmm_kernel_for(a, options);
+  const bool fallback =
+      kernel == SpmmKernel::kSlab && a.workspace == nullptr && options.kernel == SpmmKernel::kAuto;
+  return fallback ? SpmmKernel::kWide : kernel;
 }
 
 // The configurations in use. Both kernel families are specialised per beta because the

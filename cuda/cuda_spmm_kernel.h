@@ -650,12 +650,7 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
     constexpr bool kHalf = !std::is_same_v<T, float>;
-    SpmmKernel kernel = spmm_kernel_for(a, options);
-    // The heuristic's slab pick needs a workspace; without one the wide kernel runs.
-    if (kernel == SpmmKernel::kSlab && a.workspace == nullptr &&
-        options.kernel == SpmmKernel::kAuto) {
-      kernel = SpmmKernel::kWide;
-    }
+    const SpmmKernel kernel = spmm_kernel_to_run(a, options);
     if (!spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading, a.shape.line_length())) {
       return cudaErrorInvalidValue;
     }
