@@ -195,42 +195,51 @@ constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double dens
          (half_precision || density >= kTensorMinDensityF32);
 }
 
-// Float32 SpMM from a slab of the dense operand (cuda_spmm_slab.cu): the nonzeros sorted by output
-// row once into a workspace, then thread blocks that each keep the dense operand's whole input
-// axis x 32 columns of n in shared memory (128 KiB at most) and walk every row against it, in
-// the feature-major layout, at block sizes up to kSlabMaxBeta. Tiles of 16 and 8 columns for a
-// longer input axis ran 1.0-1.6x slower than the wide kernel (bank conflicts of 16 slab rows a
-// read, and the sorted nonzeros read again for every tile), so the input axis stops at 1024.
+// Float32 SpMM from a slab of the dense operand (cuda_spmm_slab.cu): the nonzeros sorted by
+// (part of the input axis, output row) once into a workspace, then thread blocks that each keep
+// kSlabPartRows rows of the input axis x 32 columns of n in shared memory (128 KiB) and walk
+// every output row against them, one part after another, in the feature-major layout, at block
+// sizes up to kSlabMaxBeta. Tiles of 16 and 8 columns over a whole input axis of 2048 or 4096
+// ran 1.0-1.6x slower than the wide kernel (bank conflicts of 16 slab rows a read, and the
+// sorted nonzeros read again for every tile): a longer axis goes in parts instead.
 constexpr int kSlabMaxBeta = 128;
-constexpr long long kSlabMaxRows = 1024;
-constexpr bool slab_serves(int beta, bool float32, bool batch_leading, long long rows) {
-  return float32 && !batch_leading && beta <= kSlabMaxBeta && rows <= kSlabMaxRows;
+constexpr long long kSlabPartRows = 1024;
+constexpr bool slab_serves(int beta, bool float32, bool batch_leading) {
+  return float32 && !batch_leading && beta <= kSlabMaxBeta;
 }
 
 // Whether the slab kernels take a float32 product that the tensor cores do not: where lines hold
 // so few nonzeros that the wide kernel's staging of the dense operand for every block of every
-// line, and its sort of every block for every tile of n, outweigh their multiply-adds, and the
-// product has rows and columns enough to hide the sort's launch. On an H100 (kernel_check bench,
-// beta 128, n = 4096, 4096 x 1024 forward and 1024 x 4096 transposed): 0.67x the wide kernel's
-// time at density 0.02 (0.177 against 0.263 ms), 0.85x at 0.05, 0.95x at 0.08, 0.99-1.01x at
-// 0.1; 512-2048 output rows at n = 2048-6272 (the DLMC layers' shapes) 0.94-1.22x, 64 rows at
-// n = 100352 1.23x.
-constexpr double kSlabMaxDensity = 0.08;
+// line, and its sort of every block for every tile of n, outweigh their multiply-adds. The sort
+// and the slabs cost more where a thread block walks few rows: up to a density of
+// kSlabSparseDensity the slab pays from kSlabSparseMinOutRows output rows, above it from
+// kSlabMinOutRows output rows and kSlabMinOutputs output elements. On an H100 (kernel_check
+// bench, beta 128, ms, slab / wide): 4096 x 1024, n = 4096, forward at density 0.02 0.129 /
+// 0.263, 0.05 0.255 / 0.354, 0.10 0.463 / 0.533, 0.12 0.550 / 0.591, and transposed (4 parts)
+// 0.157 / 0.261 at 0.02, 0.511 / 0.558 at 0.10; 2048 x 512, n = 2048, at 0.02 0.028 / 0.038;
+// 512 x 512, n = 2048, at 0.05 0.020 / 0.022; 1024 x 1024, n = 2048, at 0.10 0.077 / 0.068;
+// 64 x 576, n = 100352, at 0.05 0.176 / 0.116.
+constexpr double kSlabMaxDensity = 0.12;
 constexpr long long kSlabMinN = 1024;
-constexpr long long kSlabMinOutRows = 4096;
+constexpr double kSlabSparseDensity = 0.05;
+constexpr long long kSlabSparseMinOutRows = 256;
+constexpr long long kSlabMinOutRows = 1024;
+constexpr long long kSlabMinOutputs = 1LL << 22;  // output rows x n
 constexpr bool slab_preferred(long long n, int beta, double density, bool batch_leading,
-                              long long out_rows, long long rows) {
-  return slab_serves(beta, true, batch_leading, rows) && n >= kSlabMinN &&
-         out_rows >= kSlabMinOutRows && density <= kSlabMaxDensity;
+                              long long out_rows) {
+  const bool rows_enough = density <= kSlabSparseDensity
+                               ? out_rows >= kSlabSparseMinOutRows
+                               : out_rows >= kSlabMinOutRows && out_rows * n >= kSlabMinOutputs;
+  return slab_serves(beta, true, batch_leading) && n >= kSlabMinN && density <= kSlabMaxDensity &&
+         rows_enough;
 }
 
-// Whether kernel family `kernel` can run a product of block size beta, value type and layout,
-// whose lines have `line_length` positions (kAuto and the wide family run every one).
-constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32, bool batch_leading,
-                                  long long line_length) {
+// Whether kernel family `kernel` can run a product of block size beta, value type and layout
+// (kAuto and the wide family run every one).
+constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32, bool batch_leading) {
   switch (kernel) {
     case SpmmKernel::kSlab:
-      return slab_serves(beta, float32, batch_leading, line_length * beta);
+      return slab_serves(beta, float32, batch_leading);
     case SpmmKernel::kNarrow:
       return narrow_n_supported(beta);
     case SpmmKernel::kTensor:
@@ -251,8 +260,7 @@ constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density
                                                                     : SpmmKernel::kTensor;
   }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
-  if (!half_precision &&
-      slab_preferred(n, beta, density, batch_leading, out_rows, line_length * beta)) {
+  if (!half_precision && slab_preferred(n, beta, density, batch_leading, out_rows)) {
     return SpmmKernel::kSlab;
   }
   return SpmmKernel::kWide;

@@ -154,11 +154,7 @@ __device__ __noinline__ void cluster_range(const int32_t* block_ptr, int64_t nnz
   int64_t before = 0;  // weight of the positions ahead of this group of 32
   for (int64_t base = 0; base < length && (first_lo < 0 || first_hi < 0); base += 32) {
     const int64_t w = weight(base + lane);
-    int64_t upto = w;  // inclusive prefix over the group
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const int64_t other = __shfl_up_sync(0xffffffffu, upto, offset);
-      if (lane >= offset) upto += other;
-    }
+    const int64_t upto = warp_inclusive_sum(w);  // inclusive prefix over the group
     // Twice the weight up to the middle of this block: a block that straddles a cut goes to
     // the side that holds most of it (cutting just past it gave the first rank half a block
     // more than its share on average, 10% slower at 16 blocks a line).
@@ -651,7 +647,7 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
     constexpr int kBeta = decltype(beta)::value;
     constexpr bool kHalf = !std::is_same_v<T, float>;
     const SpmmKernel kernel = spmm_kernel_to_run(a, options);
-    if (!spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading, a.shape.line_length())) {
+    if (!spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading)) {
       return cudaErrorInvalidValue;
     }
     if (kernel == SpmmKernel::kSlab) return launch_spmm_slab(a, dev, stream);

@@ -395,6 +395,18 @@ __device__ __forceinline__ void block_range(const int32_t* block_ptr, int64_t b,
   *end = static_cast<int>(e1);
 }
 
+// The sum of `value` over lanes 0 .. this one of a full warp.
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_sum(T value) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const T other = __shfl_up_sync(0xffffffffu, value, d);
+    if (lane >= d) value += other;
+  }
+  return value;
+}
+
 // start[i] = counts[0] + ... + counts[i - 1] for i = 0 .. kN (start[kN]: the total), by one
 // warp; start may be counts itself.
 template <int kN>
@@ -408,12 +420,7 @@ __device__ __forceinline__ void warp_exclusive_scan(const int* counts, int* star
     c[i] = r < kN ? counts[r] : 0;
     sum += c[i];
   }
-  int incl = sum;
-#pragma unroll
-  for (int d = 1; d < 32; d *= 2) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, d);
-    if (lane >= d) incl += v;
-  }
+  const int incl = warp_inclusive_sum(sum);
   int run = incl - sum;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {

@@ -322,11 +322,9 @@ const char* kernel_name(SpmmKernel k) {
 constexpr SpmmKernel kFamilies[] = {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor,
                                     SpmmKernel::kTensorSplitN, SpmmKernel::kSlab};
 
-// Whether family k can run a product of m in value type t, direction and layout.
-bool serves(SpmmKernel k, const HostCsb& m, DType t, bool transpose, bool batch_leading) {
-  CsbShape s = m.shape;
-  s.transpose = transpose;
-  return spmm_kernel_serves(k, s.block_size, t == DType::kF32, batch_leading, s.line_length());
+// Whether family k can run a product of m in value type t and layout.
+bool serves(SpmmKernel k, const HostCsb& m, DType t, bool batch_leading) {
+  return spmm_kernel_serves(k, m.shape.block_size, t == DType::kF32, batch_leading);
 }
 
 // The families that can run a product of m (direction and layout given): the one the heuristic
@@ -341,7 +339,7 @@ std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool t
                             s.line_length(), s.out_dim());
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k : kFamilies) {
-    if (k != preferred && serves(k, m, t, transpose, batch_leading)) kernels.push_back(k);
+    if (k != preferred && serves(k, m, t, batch_leading)) kernels.push_back(k);
   }
   return kernels;
 }
@@ -487,7 +485,7 @@ int run_check(int level, const DeviceInfo& dev) {
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
-          if (serves(SpmmKernel::kSlab, full, t, tr, bl)) {
+          if (serves(SpmmKernel::kSlab, full, t, bl)) {
             check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kSlab}, rng, dev);
           }
         }
@@ -571,17 +569,23 @@ int run_check(int level, const DeviceInfo& dev) {
         check_spmm(long_lines, t, 300, false, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
       }
     }
-    // The slab kernels (float32) on lines of many nonzeros, over the longest input axis that
-    // they serve and past it (refused), ragged at n's end and at the last line; where the
-    // heuristic picks them, also without a workspace (the wide kernel runs).
+    // The slab kernels (float32) on lines of many nonzeros: an input axis of one part, and of
+    // several parts whose last one is short and ragged at the axis' end, at the smallest and
+    // largest block sizes; ragged at n's end and at the last line. Where the heuristic picks
+    // them, also without a workspace (the wide kernel runs).
     if (t == DType::kF32 && !tiny) {
-      HostCsb heavy = random_csb(300, 1000, 128, 0.3, t, rng);
-      for (int tr = 0; tr < 2; ++tr) {
-        check_spmm(heavy, t, 37, tr, false, {0, SpmmKernel::kSlab}, rng, dev);
+      for (int beta : {16, 128}) {
+        HostCsb one_part = random_csb(300, 1000, beta, 0.3, t, rng);
+        HostCsb parts = random_csb(300, 2500, beta, 0.2, t, rng);
+        for (int tr = 0; tr < 2; ++tr) {
+          check_spmm(one_part, t, 37, tr, false, {0, SpmmKernel::kSlab}, rng, dev);
+          check_spmm(parts, t, 37, tr, false, {0, SpmmKernel::kSlab}, rng, dev);
+        }
       }
-      HostCsb sparse = random_csb(4100, 700, 64, 0.03, t, rng);
+      HostCsb sparse = random_csb(4100, 1700, 64, 0.03, t, rng);
       for (int64_t n : {1024, 1030}) check_spmm(sparse, t, n, false, false, {}, rng, dev);
       check_spmm(sparse, t, 1024, false, false, {}, rng, dev, 0, /*with_workspace=*/false);
+      check_spmm(sparse, t, 1030, true, false, {0, SpmmKernel::kSlab}, rng, dev);
     }
     // Repeated positions; at beta 128 (past the tiny level) also blocks of thousands of
     // nonzeros, which the transposed narrow walk cuts into bands of rows.
@@ -592,7 +596,7 @@ int run_check(int level, const DeviceInfo& dev) {
           for (int bl = 0; bl < 2; ++bl) {
             check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kAuto}, rng, dev);
             for (SpmmKernel k : kFamilies) {
-              if (serves(k, repeats, t, tr, bl)) {
+              if (serves(k, repeats, t, bl)) {
                 check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
               }
             }
@@ -609,7 +613,7 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (SpmmKernel k : kFamilies) {
-            if (serves(k, m, t, tr, tr)) {
+            if (serves(k, m, t, tr)) {
               check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
           }
