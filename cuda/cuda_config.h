@@ -210,28 +210,25 @@ constexpr bool slab_serves(int beta, bool float32, bool batch_leading) {
 
 // Whether the slab kernels take a float32 product that the tensor cores do not: where lines hold
 // so few nonzeros that the wide kernel's staging of the dense operand for every block of every
-// line, and its sort of every block for every tile of n, outweigh their multiply-adds. The sort
-// and the slabs cost more where a thread block walks few rows: up to a density of
-// kSlabSparseDensity the slab pays from kSlabSparseMinOutRows output rows, above it from
-// kSlabMinOutRows output rows and kSlabMinOutputs output elements. On an H100 (kernel_check
-// bench, beta 128, ms, slab / wide): 4096 x 1024, n = 4096, forward at density 0.02 0.129 /
-// 0.263, 0.05 0.255 / 0.354, 0.10 0.463 / 0.533, 0.12 0.550 / 0.591, and transposed (4 parts)
-// 0.157 / 0.261 at 0.02, 0.511 / 0.558 at 0.10; 2048 x 512, n = 2048, at 0.02 0.028 / 0.038;
-// 512 x 512, n = 2048, at 0.05 0.020 / 0.022; 1024 x 1024, n = 2048, at 0.10 0.077 / 0.068;
-// 64 x 576, n = 100352, at 0.05 0.176 / 0.116.
+// line, and its sort of every block for every tile of n, outweigh their multiply-adds, on large
+// matrices and outputs (kSlabMinPositions positions, in_rows x out_rows, and kSlabMinOutputs
+// output elements, out_rows x n). On an H100 (kernel_check bench, uniform random, beta 128, ms,
+// slab / wide): 4096 x 1024, n = 4096, forward at density 0.02 0.129 / 0.263, 0.05 0.255 /
+// 0.354, 0.10 0.463 / 0.533, 0.12 0.550 / 0.591, and transposed (4 parts) 0.157 / 0.261 at 0.02,
+// 0.511 / 0.558 at 0.10; 11008 x 4096, n = 1024, at 0.10 1.311 / 1.524 and transposed 1.401 /
+// 1.472. Smaller products gain less or lose: at n = 1024 transposed (1024 output rows) 0.165 /
+// 0.138; 1024 x 1024, n = 2048, at 0.10 0.077 / 0.068; the DLMC layers (at most 2048 x 512,
+// pruned by magnitude, whose rows hold unequal counts) 1.1-1.8x the wide kernel's time in the
+// benchmark of the targets at density 0.02-0.1, with a thread block per few rows and a warp held
+// by its longest row.
 constexpr double kSlabMaxDensity = 0.12;
 constexpr long long kSlabMinN = 1024;
-constexpr double kSlabSparseDensity = 0.05;
-constexpr long long kSlabSparseMinOutRows = 256;
-constexpr long long kSlabMinOutRows = 1024;
-constexpr long long kSlabMinOutputs = 1LL << 22;  // output rows x n
+constexpr long long kSlabMinPositions = 1LL << 22;
+constexpr long long kSlabMinOutputs = 1LL << 22;
 constexpr bool slab_preferred(long long n, int beta, double density, bool batch_leading,
-                              long long out_rows) {
-  const bool rows_enough = density <= kSlabSparseDensity
-                               ? out_rows >= kSlabSparseMinOutRows
-                               : out_rows >= kSlabMinOutRows && out_rows * n >= kSlabMinOutputs;
+                              long long out_rows, long long in_rows) {
   return slab_serves(beta, true, batch_leading) && n >= kSlabMinN && density <= kSlabMaxDensity &&
-         rows_enough;
+         out_rows * in_rows >= kSlabMinPositions && out_rows * n >= kSlabMinOutputs;
 }
 
 // Whether kernel family `kernel` can run a product of block size beta, value type and layout
@@ -260,7 +257,8 @@ constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density
                                                                     : SpmmKernel::kTensor;
   }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
-  if (!half_precision && slab_preferred(n, beta, density, batch_leading, out_rows)) {
+  if (!half_precision &&
+      slab_preferred(n, beta, density, batch_leading, out_rows, line_length * beta)) {
     return SpmmKernel::kSlab;
   }
   return SpmmKernel::kWide;
