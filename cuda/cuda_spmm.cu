@@ -9,7 +9,7 @@ namespace jaxcsb::cuda {
 
 template <typename T>
 cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
-                              const SpmmOptions& options);
+                              const SpmmOptions& options, SpmmKernel kernel);
 
 size_t spmm_workspace_bytes(const SpmmArgs& args, const SpmmOptions& options) {
   const bool slab = spmm_kernel_for(args, options) == SpmmKernel::kSlab &&
@@ -27,8 +27,12 @@ cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_
     const int64_t bytes = out_count * (args.dtype == DType::kF32 ? 4 : 2);
     return cudaMemsetAsync(args.out, 0, static_cast<size_t>(bytes), stream);
   }
+  const SpmmKernel kernel = spmm_kernel_to_run(args, options);
+  // The slab family, float32 alone, sorts the whole product's nonzeros before its kernels per
+  // block size run.
+  if (kernel == SpmmKernel::kSlab) return launch_spmm_slab(args, dev, stream);
   return dispatch_dtype(args.dtype, [&](auto tag) {
-    return launch_spmm_typed<decltype(tag)>(args, dev, stream, options);
+    return launch_spmm_typed<decltype(tag)>(args, dev, stream, options, kernel);
   });
 }
 

@@ -4,6 +4,6 @@
 namespace jaxcsb::cuda {
 
 template cudaError_t launch_spmm_typed<__nv_bfloat16>(const SpmmArgs&, const DeviceInfo&,
-                                                      cudaStream_t, const SpmmOptions&);
+                                                      cudaStream_t, const SpmmOptions&, SpmmKernel);
 
 }  // namespace jaxcsb::cuda

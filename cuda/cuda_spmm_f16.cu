@@ -4,6 +4,6 @@
 namespace jaxcsb::cuda {
 
 template cudaError_t launch_spmm_typed<__half>(const SpmmArgs&, const DeviceInfo&, cudaStream_t,
-                                               const SpmmOptions&);
+                                               const SpmmOptions&, SpmmKernel);
 
 }  // namespace jaxcsb::cuda

@@ -33,7 +33,6 @@
 #include "cuda_config.h"
 #include "cuda_kernels.h"
 #include "cuda_spmm_narrow.h"
-#include "cuda_spmm_slab.h"
 #include "cuda_spmm_tensor.h"
 #include "cuda_utils.h"
 
@@ -638,19 +637,19 @@ cudaError_t launch_layout(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t
 
 }  // namespace spmm_detail
 
-// SpMM for value type T, every block size; instantiated once per type in cuda_spmm_<type>.cu so
-// that the kernels compile in parallel.
+// SpMM for value type T, every block size, in kernel family `kernel` (spmm_kernel_to_run; the
+// slab family runs from launch_spmm); instantiated once per type in cuda_spmm_<type>.cu so that
+// the kernels compile in parallel.
 template <typename T>
 cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
-                              const SpmmOptions& options) {
+                              const SpmmOptions& options, SpmmKernel kernel) {
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
     constexpr bool kHalf = !std::is_same_v<T, float>;
-    const SpmmKernel kernel = spmm_kernel_to_run(a, options);
-    if (!spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading)) {
+    if (kernel == SpmmKernel::kSlab ||
+        !spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading)) {
       return cudaErrorInvalidValue;
     }
-    if (kernel == SpmmKernel::kSlab) return launch_spmm_slab(a, dev, stream);
     if (kernel == SpmmKernel::kTensor || kernel == SpmmKernel::kTensorSplitN) {
       if constexpr (tensor_cores_serve(kBeta)) {
         return launch_spmm_tensor<T, kBeta>(a, dev, stream, options,
