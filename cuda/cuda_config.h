@@ -210,25 +210,26 @@ constexpr bool slab_serves(int beta, bool float32, bool batch_leading) {
 
 // Whether the slab kernels take a float32 product that the tensor cores do not: where lines hold
 // so few nonzeros that the wide kernel's staging of the dense operand for every block of every
-// line, and its sort of every block for every tile of n, outweigh their multiply-adds, on large
-// matrices and outputs (kSlabMinPositions positions, in_rows x out_rows, and kSlabMinOutputs
-// output elements, out_rows x n). On an H100 (kernel_check bench, uniform random, beta 128, ms,
-// slab / wide): 4096 x 1024, n = 4096, forward at density 0.02 0.129 / 0.263, 0.05 0.255 /
-// 0.354, 0.10 0.463 / 0.533, 0.12 0.550 / 0.591, and transposed (4 parts) 0.157 / 0.261 at 0.02,
-// 0.511 / 0.558 at 0.10; 11008 x 4096, n = 1024, at 0.10 1.311 / 1.524 and transposed 1.401 /
-// 1.472. Smaller products gain less or lose: at n = 1024 transposed (1024 output rows) 0.165 /
-// 0.138; 1024 x 1024, n = 2048, at 0.10 0.077 / 0.068; the DLMC layers (at most 2048 x 512,
-// pruned by magnitude, whose rows hold unequal counts) 1.1-1.8x the wide kernel's time in the
-// benchmark of the targets at density 0.02-0.1, with a thread block per few rows and a warp held
-// by its longest row.
+// line, and its sort of every block for every tile of n, outweigh their multiply-adds; not on
+// input axes shorter than kSlabMinInRows (a thread block stages a slab of few rows for each
+// tile of n, and the staging, not overlapped with the walk, holds a product that is bound by
+// its output's bytes) or outputs of fewer than kSlabMinOutRows rows (idle groups of lanes). On
+// an H100 (kernel_check bench, beta 128, ms, slab / wide), uniform random: 4096 x 1024, n =
+// 4096, at density 0.02 0.105 / 0.260, 0.10 0.400 / 0.529, transposed 0.126 / 0.259 and 0.427 /
+// 0.554; 11008 x 4096, n = 1024, at 0.10 1.114 / 1.532; 512 x 512, n = 1024, at 0.02 0.0135 /
+// 0.0152, 0.10 0.0193 / 0.0239; 256 x 1024, n = 4096, at 0.05 0.0265 / 0.0297, transposed
+// (256 input rows) 0.0280 / 0.0284; 256 x 256, n = 8192, at 0.05 0.0201 / 0.0156. The DLMC
+// layers at 90-98% (N as in the benchmark of the targets): 0.71-1.01x the wide kernel's time
+// forward and 0.75-1.08x transposed, but 1.24-1.34x on an input axis of 64 or 128 rows (rn50
+// 64 x 576 and 128 x 512 transposed, N = 25088 and 100352) and on 64 output rows.
 constexpr double kSlabMaxDensity = 0.12;
 constexpr long long kSlabMinN = 1024;
-constexpr long long kSlabMinPositions = 1LL << 22;
-constexpr long long kSlabMinOutputs = 1LL << 22;
+constexpr long long kSlabMinInRows = 512;
+constexpr long long kSlabMinOutRows = 128;
 constexpr bool slab_preferred(long long n, int beta, double density, bool batch_leading,
                               long long out_rows, long long in_rows) {
   return slab_serves(beta, true, batch_leading) && n >= kSlabMinN && density <= kSlabMaxDensity &&
-         out_rows * in_rows >= kSlabMinPositions && out_rows * n >= kSlabMinOutputs;
+         in_rows >= kSlabMinInRows && out_rows >= kSlabMinOutRows;
 }
 
 // Whether kernel family `kernel` can run a product of block size beta, value type and layout

@@ -73,7 +73,9 @@ enum class SpmmKernel { kAuto, kWide, kNarrow, kTensor, kTensorSplitN, kSlab };
 
 // Configuration forced by tests and benchmarks; the defaults let the heuristics choose.
 struct SpmmOptions {
-  int cluster = 0;  // CTAs that split one line (1, 2, 4 or 8); 0 = heuristic
+  // CTAs that split one line (1, 2, 4 or 8; the slab family: that sort one line's part, 1 to 8);
+  // 0 = heuristic
+  int cluster = 0;
   SpmmKernel kernel = SpmmKernel::kAuto;
   // n-tiles that a CTA of the wide kernel walks on lines of one CSB block: 0 = heuristic, 1 = one
   // tile per CTA, more = about that many (lines of several blocks, or clusters, refuse more).

@@ -30,7 +30,7 @@ cudaError_t launch_spmm(const SpmmArgs& args, const DeviceInfo& dev, cudaStream_
   const SpmmKernel kernel = spmm_kernel_to_run(args, options);
   // The slab family, float32 alone, sorts the whole product's nonzeros before its kernels per
   // block size run.
-  if (kernel == SpmmKernel::kSlab) return launch_spmm_slab(args, dev, stream);
+  if (kernel == SpmmKernel::kSlab) return launch_spmm_slab(args, dev, stream, options.cluster);
   return dispatch_dtype(args.dtype, [&](auto tag) {
     return launch_spmm_typed<decltype(tag)>(args, dev, stream, options, kernel);
   });

@@ -352,6 +352,18 @@ __device__ __forceinline__ void store_vec(T* dst, const float (&src)[kVec]) {
   *reinterpret_cast<V*>(dst) = u.raw;
 }
 
+// The 32-bit shared-memory address of `smem`, for load_shared_vec4.
+__device__ __forceinline__ uint32_t shared_address(const void* smem) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+}
+// Loads 4 floats from a 16-byte aligned shared-memory address: one instruction, where a generic
+// pointer would have the compiler rebuild the shared window's base at every load.
+__device__ __forceinline__ void load_shared_vec4(uint32_t address, float (&dst)[4]) {
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(dst[0]), "=f"(dst[1]), "=f"(dst[2]), "=f"(dst[3])
+               : "r"(address));
+}
+
 // Asynchronous copy of 16 (or 4) bytes from global to shared memory; with `src_bytes` smaller
 // than the copy the rest is zero-filled, and with 0 nothing is read.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {

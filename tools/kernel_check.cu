@@ -15,6 +15,9 @@
 //                                per line (SpMM) and per region (SDDMM), `tiles_per_block` the
 //                                n-tiles per thread block of the wide kernel on lines of one
 //                                block; default 0: the heuristic's choice.
+//   kernel_check bench-smtx file.smtx [beta n]
+//                                the same on a DLMC pattern with random float32 values
+//                                (default beta 128, n = 2048).
 //
 // Exit status 0 only when every case passed.
 #include <cuda_bf16.h>
@@ -126,6 +129,48 @@ HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t
         m.row.push_back(r);
         m.col.push_back(c);
       }
+    }
+    m.block_ptr.push_back(static_cast<int32_t>(m.local.size()));
+  }
+  return m;
+}
+
+// A DLMC pattern (.smtx: "rows, cols, nnz", then the CSR row offsets and column indices) in CSB
+// at block size beta, with random values; exits on a file it cannot read.
+HostCsb read_smtx(const char* path, int beta, DType t, std::mt19937& rng) {
+  FILE* f = std::fopen(path, "r");
+  long rows = 0, cols = 0, nnz = 0;
+  if (f == nullptr || std::fscanf(f, "%ld , %ld , %ld", &rows, &cols, &nnz) != 3) {
+    std::fprintf(stderr, "cannot read the header of %s\n", path);
+    std::exit(2);
+  }
+  std::vector<long> offsets(rows + 1), columns(nnz);
+  bool ok = true;
+  for (long& x : offsets) ok = ok && std::fscanf(f, "%ld", &x) == 1;
+  for (long& x : columns) ok = ok && std::fscanf(f, "%ld", &x) == 1;
+  std::fclose(f);
+  if (!ok || offsets[rows] != nnz) {
+    std::fprintf(stderr, "malformed %s: expected %ld row offsets and %ld column indices\n", path,
+                 rows + 1, nnz);
+    std::exit(2);
+  }
+  HostCsb m;
+  m.shape = CsbShape{rows, cols, beta, false};
+  // Each block's nonzeros in the order of the file: by row, then column.
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> blocks(m.shape.num_blocks());
+  for (long r = 0; r < rows; ++r) {
+    for (long e = offsets[r]; e < offsets[r + 1]; ++e) {
+      blocks[r / beta * m.shape.block_cols() + columns[e] / beta].push_back({r, columns[e]});
+    }
+  }
+  std::uniform_real_distribution<float> val(-1.0f, 1.0f);
+  m.block_ptr.push_back(0);
+  for (const auto& block : blocks) {
+    for (const auto& [r, c] : block) {
+      m.local.push_back(static_cast<uint16_t>(r % beta << 8 | c % beta));
+      m.values.push_back(round_to(t, val(rng)));
+      m.row.push_back(r);
+      m.col.push_back(c);
     }
     m.block_ptr.push_back(static_cast<int32_t>(m.local.size()));
   }
@@ -571,15 +616,20 @@ int run_check(int level, const DeviceInfo& dev) {
     }
     // The slab kernels (float32) on lines of many nonzeros: an input axis of one part, and of
     // several parts whose last one is short and ragged at the axis' end, at the smallest and
-    // largest block sizes; ragged at n's end and at the last line. Where the heuristic picks
-    // them, also without a workspace (the wide kernel runs).
+    // largest block sizes; ragged at n's end and at the last line; sorted by clusters of 1, 3
+    // and 8 thread blocks and the heuristic's. Where the heuristic picks them, also without a
+    // workspace (the wide kernel runs).
     if (t == DType::kF32 && !tiny) {
+      const std::vector<int> sorters =
+          dev.cluster_launch ? std::vector<int>{0, 1, 3, 8} : std::vector<int>{0, 1};
       for (int beta : {16, 128}) {
         HostCsb one_part = random_csb(300, 1000, beta, 0.3, t, rng);
         HostCsb parts = random_csb(300, 2500, beta, 0.2, t, rng);
         for (int tr = 0; tr < 2; ++tr) {
-          check_spmm(one_part, t, 37, tr, false, {0, SpmmKernel::kSlab}, rng, dev);
-          check_spmm(parts, t, 37, tr, false, {0, SpmmKernel::kSlab}, rng, dev);
+          for (int sorter : sorters) {
+            check_spmm(one_part, t, 37, tr, false, {sorter, SpmmKernel::kSlab}, rng, dev);
+            check_spmm(parts, t, 37, tr, false, {sorter, SpmmKernel::kSlab}, rng, dev);
+          }
         }
       }
       HostCsb sparse = random_csb(4100, 1700, 64, 0.03, t, rng);
@@ -648,11 +698,12 @@ float time_ms(F launch, int reps = 20, int rounds = 7) {
   return t[t.size() / 2];
 }
 
-int run_bench(int beta, const DeviceInfo& dev, int64_t rows, int64_t cols, double density,
-              int64_t n, DType t, int cluster, int tiles_per_block) {
-  std::mt19937 rng(7);
-  HostCsb m = random_csb(rows, cols, beta, density, t, rng, -1, -1);
+int run_bench(const HostCsb& m, const DeviceInfo& dev, int64_t n, DType t, int cluster,
+              int tiles_per_block, std::mt19937& rng) {
+  const int beta = m.shape.block_size;
+  const int64_t rows = m.shape.rows, cols = m.shape.cols;
   const int64_t nnz = static_cast<int64_t>(m.values.size());
+  const double density = jaxcsb::density(m.shape, nnz);
   DeviceCsb dm(m, t);
   const int64_t big = std::max(rows, cols) * n;
   uint8_t* d_in = to_device(encode(t, random_dense(big, t, rng)));
@@ -732,11 +783,20 @@ int main(int argc, char** argv) {
                                         : DType::kF32;
     const int cluster = argc > 8 ? std::atoi(argv[8]) : 0;
     const int tiles_per_block = argc > 9 ? std::atoi(argv[9]) : 0;
-    return run_bench(beta, dev, rows, cols, density, n, t, cluster, tiles_per_block);
+    std::mt19937 rng(7);
+    const HostCsb m = random_csb(rows, cols, beta, density, t, rng, -1, -1);
+    return run_bench(m, dev, n, t, cluster, tiles_per_block, rng);
+  }
+  if (mode == "bench-smtx" && argc > 2) {
+    const int beta = argc > 3 ? std::atoi(argv[3]) : 128;
+    const int64_t n = argc > 4 ? std::atol(argv[4]) : 2048;
+    std::mt19937 rng(7);
+    const HostCsb m = read_smtx(argv[2], beta, DType::kF32, rng);
+    return run_bench(m, dev, n, DType::kF32, 0, 0, rng);
   }
   std::fprintf(stderr,
                "usage: %s check [quick|tiny] | bench [beta rows cols density n dtype cluster "
-               "tiles_per_block]\n",
+               "tiles_per_block] | bench-smtx file.smtx [beta n]\n",
                argv[0]);
   return 2;
 }
