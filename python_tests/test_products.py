@@ -49,10 +49,9 @@ def test_sparse_left(layout, dtype, n, impl):
 
 @pytest.mark.parametrize("layout", ["A@B", "AT@B"])
 def test_sparse_left_high_sparsity(layout):
-    """float32 at 97% sparsity and n = 1030: on a GPU A @ B sorts the nonzeros once into XLA's
-    scratch memory and each thread block keeps a slab of the dense operand, its input axis of
-    1700 rows in two parts (cuda_config.h: slab_preferred); A.T @ B, with fewer outputs, runs
-    the wide kernel."""
+    """float32 at 97% sparsity and n = 1030: on a GPU both products sort the nonzeros once into
+    XLA's scratch memory and each thread block keeps a slab of the dense operand, its input axis
+    of 1700 rows in two parts (cuda_config.h: slab_preferred)."""
     seed = seed_of("high sparsity", layout)
     shape = (4100, 1700) if layout == "A@B" else (1700, 4100)
     A, w = random_csb(shape, 0.03, np.float32, seed)

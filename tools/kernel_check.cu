@@ -105,6 +105,16 @@ struct HostCsb {
   std::vector<float> values;
   // Coordinates of each nonzero in the stored matrix.
   std::vector<int64_t> row, col;
+
+  // Appends the nonzero (r, c) = v to the block being filled; end_block closes that block.
+  void add(int64_t r, int64_t c, float v) {
+    const int beta = shape.block_size;
+    local.push_back(static_cast<uint16_t>(r % beta << 8 | c % beta));
+    values.push_back(v);
+    row.push_back(r);
+    col.push_back(c);
+  }
+  void end_block() { block_ptr.push_back(static_cast<int32_t>(local.size())); }
 };
 
 // A random CSB matrix with the given density; row `empty_row` and block `empty_block` (when
@@ -122,15 +132,12 @@ HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t
     for (int64_t r = r0; r < std::min<int64_t>(rows, r0 + beta); ++r) {
       for (int64_t c = c0; c < std::min<int64_t>(cols, c0 + beta); ++c) {
         if (r == empty_row || b == empty_block || !keep(rng)) continue;
-        m.local.push_back(static_cast<uint16_t>((r - r0) << 8 | (c - c0)));
         float v = round_to(t, val(rng));
         if (v == 0.0f) v = 0.5f;
-        m.values.push_back(v);
-        m.row.push_back(r);
-        m.col.push_back(c);
+        m.add(r, c, v);
       }
     }
-    m.block_ptr.push_back(static_cast<int32_t>(m.local.size()));
+    m.end_block();
   }
   return m;
 }
@@ -166,13 +173,8 @@ HostCsb read_smtx(const char* path, int beta, DType t, std::mt19937& rng) {
   std::uniform_real_distribution<float> val(-1.0f, 1.0f);
   m.block_ptr.push_back(0);
   for (const auto& block : blocks) {
-    for (const auto& [r, c] : block) {
-      m.local.push_back(static_cast<uint16_t>(r % beta << 8 | c % beta));
-      m.values.push_back(round_to(t, val(rng)));
-      m.row.push_back(r);
-      m.col.push_back(c);
-    }
-    m.block_ptr.push_back(static_cast<int32_t>(m.local.size()));
+    for (const auto& [r, c] : block) m.add(r, c, round_to(t, val(rng)));
+    m.end_block();
   }
   return m;
 }
@@ -185,14 +187,10 @@ HostCsb with_repeats(const HostCsb& m) {
   r.block_ptr.push_back(0);
   for (size_t b = 0; b + 1 < m.block_ptr.size(); ++b) {
     for (int32_t e = m.block_ptr[b]; e < m.block_ptr[b + 1]; ++e) {
-      for (int copy = 0; copy < (e % 3 == 0 ? 2 : 1); ++copy) {
-        r.local.push_back(m.local[e]);
-        r.values.push_back(m.values[e]);
-        r.row.push_back(m.row[e]);
-        r.col.push_back(m.col[e]);
-      }
+      for (int copy = 0; copy < (e % 3 == 0 ? 2 : 1); ++copy)
+        r.add(m.row[e], m.col[e], m.values[e]);
     }
-    r.block_ptr.push_back(static_cast<int32_t>(r.local.size()));
+    r.end_block();
   }
   return r;
 }
