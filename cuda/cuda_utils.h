@@ -107,6 +107,17 @@ inline cudaLaunchAttribute cluster_attribute(int csize) {
   return attr;
 }
 
+// The launch attribute that lets a kernel start while the kernel ahead of it in the stream
+// still runs, once every thread block of that one has called
+// cudaTriggerProgrammaticLaunchCompletion; it calls cudaGridDependencySynchronize before it
+// reads what that one writes.
+inline cudaLaunchAttribute programmatic_attribute() {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  return attr;
+}
+
 // Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
 // along x (one cluster per line).
 template <typename Params>

@@ -615,20 +615,23 @@ int run_check(int level, const DeviceInfo& dev) {
     // The slab kernels (float32) on lines of many nonzeros: an input axis of one part, and of
     // several parts whose last one is short and ragged at the axis' end, at the smallest and
     // largest block sizes; ragged at n's end and at the last line; sorted by clusters of 1, 3
-    // and 8 thread blocks and the heuristic's. Where the heuristic picks them, also without a
-    // workspace (the wide kernel runs).
+    // and 8 thread blocks and the heuristic's. The walk takes four lanes a row on these, and
+    // eight on an output of 120 rows (a row a group of lanes). Where the heuristic picks them,
+    // also without a workspace (the wide kernel runs).
     if (t == DType::kF32 && !tiny) {
       const std::vector<int> sorters =
           dev.cluster_launch ? std::vector<int>{0, 1, 3, 8} : std::vector<int>{0, 1};
       for (int beta : {16, 128}) {
         HostCsb one_part = random_csb(300, 1000, beta, 0.3, t, rng);
         HostCsb parts = random_csb(300, 2500, beta, 0.2, t, rng);
+        HostCsb short_out = random_csb(120, 2500, beta, 0.2, t, rng);
         for (int tr = 0; tr < 2; ++tr) {
           for (int sorter : sorters) {
             check_spmm(one_part, t, 37, tr, false, {sorter, SpmmKernel::kSlab}, rng, dev);
             check_spmm(parts, t, 37, tr, false, {sorter, SpmmKernel::kSlab}, rng, dev);
           }
         }
+        check_spmm(short_out, t, 37, false, false, {0, SpmmKernel::kSlab}, rng, dev);
       }
       HostCsb sparse = random_csb(4100, 1700, 64, 0.03, t, rng);
       for (int64_t n : {1024, 1030}) check_spmm(sparse, t, n, false, false, {}, rng, dev);
