@@ -147,7 +147,8 @@ HostCsb random_csb(int64_t rows, int64_t cols, int beta, double density, DType t
 HostCsb read_smtx(const char* path, int beta, DType t, std::mt19937& rng) {
   FILE* f = std::fopen(path, "r");
   long rows = 0, cols = 0, nnz = 0;
-  if (f == nullptr || std::fscanf(f, "%ld , %ld , %ld", &rows, &cols, &nnz) != 3) {
+  if (f == nullptr || std::fscanf(f, "%ld , %ld , %ld", &rows, &cols, &nnz) != 3 || rows < 0 ||
+      cols < 0 || nnz < 0) {
     std::fprintf(stderr, "cannot read the header of %s\n", path);
     std::exit(2);
   }
@@ -156,9 +157,15 @@ HostCsb read_smtx(const char* path, int beta, DType t, std::mt19937& rng) {
   for (long& x : offsets) ok = ok && std::fscanf(f, "%ld", &x) == 1;
   for (long& x : columns) ok = ok && std::fscanf(f, "%ld", &x) == 1;
   std::fclose(f);
-  if (!ok || offsets[rows] != nnz) {
-    std::fprintf(stderr, "malformed %s: expected %ld row offsets and %ld column indices\n", path,
-                 rows + 1, nnz);
+  // Row offsets from 0 to nnz that never decrease, column indices in [0, cols).
+  ok = ok && offsets[0] == 0 && offsets[rows] == nnz;
+  for (long r = 0; ok && r < rows; ++r) ok = offsets[r] <= offsets[r + 1];
+  for (long e = 0; ok && e < nnz; ++e) ok = columns[e] >= 0 && columns[e] < cols;
+  if (!ok) {
+    std::fprintf(stderr,
+                 "malformed %s: expected %ld row offsets rising from 0 to %ld and %ld column "
+                 "indices below %ld\n",
+                 path, rows + 1, nnz, nnz, cols);
     std::exit(2);
   }
   HostCsb m;
