@@ -61,6 +61,19 @@ def test_sparse_left_high_sparsity(layout):
     assert_close(out, want, scale, np.float32, layout)
 
 
+@pytest.mark.parametrize("layout", ["X@A", "X@AT"])
+def test_sparse_right_below_tensor_density(layout):
+    """float32 at 92% sparsity, block size 64 and a flattened batch of 700: on a GPU the
+    batch-leading products run on the tensor cores, whose warps split n, below the density of
+    1/8 that the feature-major ones need (cuda_config.h: batch_leading_split_n_preferred)."""
+    seed = seed_of("batch-leading tensor cores", layout)
+    A, w = random_csb((300, 200), 0.08, np.float32, seed, block_size=64)
+    x = jax.device_put(random_dense(dense_operand_shape(layout, (300, 200), 700), np.float32, seed))
+    out = apply(layout, A, x)
+    want, scale = reference(layout, w, x)
+    assert_close(out, want, scale, np.float32, layout)
+
+
 @pytest.mark.parametrize("batch", BATCHES, ids=["1dim", "2dims", "3dims"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", ["X@A", "X@AT"])
