@@ -68,26 +68,30 @@ SlabParts slab_parts(int64_t line_length, int beta) {
 // at the end that no row's range covers.
 struct SlabWorkspace {
   int2* ent;
-  int4* slots;   // [part][line][rank]
-  int64_t rows;  // slots of a part: lines x beta
+  int4* slots;  // [part][line][rank]
   static size_t ent_bytes(int64_t nnz) { return (static_cast<size_t>(nnz) * 8 + 15) / 16 * 16; }
   static size_t bytes(int64_t nnz, int64_t rows, int64_t parts) {
     return ent_bytes(nnz) + static_cast<size_t>(rows * parts) * sizeof(int4);
   }
-  static SlabWorkspace at(void* base, int64_t nnz, int64_t rows, int64_t parts) {
+  static SlabWorkspace at(void* base, int64_t nnz) {
     auto* slots = reinterpret_cast<int4*>(static_cast<unsigned char*>(base) + ent_bytes(nnz));
-    return {static_cast<int2*>(base), slots, rows};
+    return {static_cast<int2*>(base), slots};
   }
-  __device__ int4& slot(int64_t part, int64_t index) const { return slots[part * rows + index]; }
 };
 
 struct SlabParams : LineParams {
   SlabWorkspace ws;
   int64_t parts;        // parts of the input axis
   int64_t part_length;  // positions of a line in a part
-  int64_t part_rows;    // part_length x beta: the slab rows of a part
   int beta;
   bool vec_ok;  // D and the output allow 16-byte accesses along n
+  // Output rows, each with a slot in every part: lines x beta.
+  __host__ __device__ int64_t rows() const { return num_lines * beta; }
+  // Slab rows of a part: the rows of the input axis that its positions cover.
+  __host__ __device__ int64_t part_rows() const { return part_length * beta; }
+  __device__ int4& slot(int64_t part, int64_t index) const {
+    return ws.slots[part * rows() + index];
+  }
 };
 
 // The sum over the thread block of each thread's `value` (every thread gets it).
@@ -277,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 1) sort_lines_kernel(const SlabParam
       const int begin = static_cast<int>(min(base + s.start[r], p.nnz));
       const int end = static_cast<int>(min(base + s.start[r + 1], p.nnz));
       if (rank == 0) {
-        p.ws.slot(part, line * kBeta + row_rank) =
+        p.slot(part, line * kBeta + row_rank) =
             make_int4(begin, end, static_cast<int>(line * kBeta + r), 0);
       }
     }
@@ -303,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1) sort_lines_kernel(const SlabParam
 __device__ void stage_slab(const SlabParams& p, float* slab, int64_t row0, int64_t n0) {
   const float* dense = static_cast<const float*>(p.dense);
   constexpr int kCopies = kTile / 4;
-  const int total = static_cast<int>(p.part_rows) * kCopies;  // at most kSlabPartRows x 8
+  const int total = static_cast<int>(p.part_rows()) * kCopies;  // at most kSlabPartRows x 8
   for (int i = threadIdx.x; i < total; i += kThreads) {
     const int64_t row = row0 + i / kCopies, col = n0 + i % kCopies * 4;
     float* dst = slab + i * 4;
@@ -360,7 +364,7 @@ __device__ __forceinline__ void row_sums(const SlabParams& p, uint32_t slab,
                                          const int (&piece)[G::kVecs], int begin, int end,
                                          const typename G::Entries& head,
                                          float (&acc)[G::kVecs][4]) {
-  const unsigned zero_row = static_cast<unsigned>(p.part_rows);
+  const unsigned zero_row = static_cast<unsigned>(p.part_rows());
   const int most = __reduce_max_sync(kFull, end - begin);
   typename G::Entries e;
 #pragma unroll
@@ -418,12 +422,12 @@ __device__ void walk_rows(const SlabParams& p, uint32_t slab, const int (&piece)
   const int sub = threadIdx.x % kLanes;
   const bool adds = part > 0;
   float* const out = static_cast<float*>(p.out);
-  const int64_t mine = first < p.ws.rows ? ceil_div(p.ws.rows - first, stride) : 0;
+  const int64_t mine = first < p.rows() ? ceil_div(p.rows() - first, stride) : 0;
   const int64_t steps = __shfl_sync(kFull, mine, 0);  // the warp's first group has the most
   for (int64_t k0 = 0; k0 < steps; k0 += kLanes) {
     int4 my_slot = make_int4(0, 0, 0, 0);
     if (const int64_t k = k0 + sub; k < mine) {
-      my_slot = p.ws.slot(part, (first + k * stride) ^ (k % 2 ? p.beta - 1 : 0));
+      my_slot = p.slot(part, (first + k * stride) ^ (k % 2 ? p.beta - 1 : 0));
     }
     int begin = __shfl_sync(kFull, my_slot.x, 0, kLanes);
     int end = __shfl_sync(kFull, my_slot.y, 0, kLanes);
@@ -479,10 +483,10 @@ __global__ void __launch_bounds__(kThreads, 1) slab_kernel(const SlabParams p) {
   const int64_t first = int64_t{blockIdx.y} * G::kRows + group;
   const int64_t stride = int64_t{gridDim.y} * G::kRows;
   // The zero row after the slab, which padding reads; the staging's barrier publishes it.
-  if (threadIdx.x < kTile) slab[p.part_rows * kTile + threadIdx.x] = 0.0f;
+  if (threadIdx.x < kTile) slab[p.part_rows() * kTile + threadIdx.x] = 0.0f;
   for (int64_t part = 0; part < p.parts; ++part) {
     if (part > 0) __syncthreads();  // every warp is done with the slab before it is restaged
-    stage_slab(p, slab, part * p.part_rows, n0);
+    stage_slab(p, slab, part * p.part_rows(), n0);
     // The sort, launched before this kernel, has finished and its workspace is visible.
     if (part == 0) cudaGridDependencySynchronize();
     walk_rows<kLanes>(p, shared_address(slab), piece, n0, part, first, stride);
@@ -527,18 +531,18 @@ cudaError_t launch_walk(const SlabParams& p, const DeviceInfo& dev, cudaStream_t
 // thread block: with 8 rows a warp, 1.1-1.2x longer than with 4 on magnitude-pruned layers.
 // With two, it takes a long row and a short one (walk_rows).
 cudaError_t launch_multiply(const SlabParams& p, const DeviceInfo& dev, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(p.part_rows + 1) * kSlabRowBytes;  // and the zero row
+  const size_t smem = static_cast<size_t>(p.part_rows() + 1) * kSlabRowBytes;  // and the zero row
   if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidValue;
   const int64_t tiles = ceil_div(p.n, kTile);
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
   // Both walks keep one thread block a multiprocessor.
   const int64_t slots = resident_on_gpu<slab_kernel<4>>(1, kThreads, smem, dev);
-  const int64_t groups = row_groups(tiles, p.ws.rows, slots, Groups<4>::kRows);
-  if (ceil_div(p.ws.rows, groups * Groups<4>::kRows) >= 2) {
-    return launch_walk<4>(p, dev, stream, tiles, groups, smem);
+  const int64_t groups4 = row_groups(tiles, p.rows(), slots, Groups<4>::kRows);
+  if (ceil_div(p.rows(), groups4 * Groups<4>::kRows) >= 2) {
+    return launch_walk<4>(p, dev, stream, tiles, groups4, smem);
   }
-  return launch_walk<8>(p, dev, stream, tiles,
-                        row_groups(tiles, p.ws.rows, slots, Groups<8>::kRows), smem);
+  const int64_t groups8 = row_groups(tiles, p.rows(), slots, Groups<8>::kRows);
+  return launch_walk<8>(p, dev, stream, tiles, groups8, smem);
 }
 
 }  // namespace
@@ -575,11 +579,10 @@ cudaError_t launch_spmm_slab(const SpmmArgs& a, const DeviceInfo& dev, cudaStrea
   if (parts.parts > 65535) return cudaErrorInvalidValue;  // the sort's grid
   p.parts = parts.parts;
   p.part_length = parts.length;
-  p.part_rows = parts.length * beta;
   p.beta = beta;
   p.cluster = sort_cluster(cluster, dev, a.nnz, p.num_lines * p.parts);
   if (p.cluster == 0) return cudaErrorInvalidValue;
-  p.ws = SlabWorkspace::at(a.workspace, a.nnz, p.num_lines * beta, p.parts);
+  p.ws = SlabWorkspace::at(a.workspace, a.nnz);
   p.vec_ok = a.n % 4 == 0 && reinterpret_cast<uintptr_t>(a.dense) % 16 == 0 &&
              reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
   cudaError_t err = dispatch_beta(beta, [&](auto b) -> cudaError_t {
