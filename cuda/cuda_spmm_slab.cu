@@ -357,8 +357,9 @@ __device__ __forceinline__ void load_entries(const SlabParams& p, int at, int en
 // The sum of each group's row of a part, its nonzeros [begin, end) against the slab at shared
 // address `slab`, whose row part_rows is zero: a lane's kVecs x 4 columns, the 4 of piece q
 // from piece[q] x 16 bytes into a slab row. `head` holds the row's first kChunk nonzeros
-// (load_entries). The warp takes as many steps as its longest row, rounded up to 4: the steps
-// past a row's end multiply its padding.
+// (load_entries), and each chunk's successor loads while it is multiplied. The warp takes as
+// many steps as its longest row, rounded up to 4: the steps past a row's end multiply its
+// padding.
 template <int kLanes, typename G = Groups<kLanes>>
 __device__ __forceinline__ void row_sums(const SlabParams& p, uint32_t slab,
                                          const int (&piece)[G::kVecs], int begin, int end,
@@ -370,7 +371,8 @@ __device__ __forceinline__ void row_sums(const SlabParams& p, uint32_t slab,
 #pragma unroll
   for (int i = 0; i < G::kPerLane; ++i) e[i] = head[i];
   for (int c0 = 0; c0 < most; c0 += G::kChunk) {
-    if (c0 > 0) load_entries<kLanes>(p, begin + c0, end, e);
+    typename G::Entries next;
+    if (c0 + G::kChunk < most) load_entries<kLanes>(p, begin + c0 + G::kChunk, end, next);
     const int left = most - c0;
 #pragma unroll
     for (int j = 0; j < G::kChunk; ++j) {
@@ -388,6 +390,8 @@ __device__ __forceinline__ void row_sums(const SlabParams& p, uint32_t slab,
         for (int i = 0; i < 4; ++i) acc[q][i] = fmaf(v, d[i], acc[q][i]);
       }
     }
+#pragma unroll
+    for (int i = 0; i < G::kPerLane; ++i) e[i] = next[i];
   }
 }
 
