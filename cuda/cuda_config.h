@@ -126,29 +126,23 @@ constexpr int kTensorMaxWarps = 4;
 
 constexpr bool tensor_cores_serve(int beta) { return beta <= kTensorMaxBeta; }
 
-// Whether the tensor cores take a product that they serve: every one with n > 1, and for
-// float32, whose tensor cores take three TF32 products per multiply-add at any density, every
-// one that holds at least kTensorMinDensityF32 of its positions (the default block size is 64
-// or less from there up). At n = 1 a 16-column tile wastes 15/16 of the work, and the narrow
-// family's vector walk reads the weights once at near copy speed (forward); 16-bit values
-// still gain on the transposed walk there; float32 keeps the narrow walk (its tensor cores take
-// 0.7-1.4x its time on 4096^2 and 11008 x 4096 at densities 0.1-0.3). Float32 on an H100
-// (kernel_check bench, feature-major / batch-leading): 4096^2, beta 64, density 0.2, n = 16 and
-// 64: 1.2-2.4x and 1.8-3.1x faster than the best CUDA-core kernel; 4096 x 1024, n = 4096: beta 64,
-// density 0.2, 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5, 0.84-1.5x (the
-// feature-major layout loses up to 1.19x there, the batch-leading one gains). Below 1/8 the
-// CUDA-core kernels follow the nonzeros down in the feature-major layout: beta 64 at density
-// 0.1, n = 4096, 0.61 against 0.72-0.82 ms; the DLMC ResNet-50 64 x 576 layer at 90% and 95%
-// (beta 64, n = 100352) 1.3-1.8x faster than the kernel whose warps split a line's blocks,
+// Whether the tensor cores take a product that they serve (tensor_cores_preferred, after the
+// split-n rule): every one with n > 1, and for float32, whose tensor cores take three TF32
+// products per multiply-add at any density, every one that holds at least kTensorMinDensityF32 of
+// its positions (the default block size is 64 or less from there up). At n = 1 a 16-column tile
+// wastes 15/16 of the work, and the narrow family's vector walk reads the weights once at near copy
+// speed (forward); 16-bit values still gain on the transposed walk there; float32 keeps the narrow
+// walk (its tensor cores take 0.7-1.4x its time on 4096^2 and 11008 x 4096 at densities 0.1-0.3).
+// Float32 on an H100 (kernel_check bench, feature-major / batch-leading): 4096^2, beta 64, density
+// 0.2, n = 16 and 64: 1.2-2.4x and 1.8-3.1x faster than the best CUDA-core kernel; 4096 x 1024, n =
+// 4096: beta 64, density 0.2, 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5,
+// 0.84-1.5x (the feature-major layout loses up to 1.19x there, the batch-leading one gains). Below
+// 1/8 the CUDA-core kernels follow the nonzeros down in the feature-major layout: beta 64 at
+// density 0.1, n = 4096, 0.61 against 0.72-0.82 ms; the DLMC ResNet-50 64 x 576 layer at 90% and
+// 95% (beta 64, n = 100352) 1.3-1.8x faster than the kernel whose warps split a line's blocks,
 // 0.92-1.32x the time of split n. The batch-leading layout has a lower line
-// (batch_leading_split_n_preferred).
+// (kTensorMinDensityF32BatchLeading).
 constexpr double kTensorMinDensityF32 = 0.125;
-constexpr bool tensor_cores_preferred(long long n, int beta, double density, bool transpose,
-                                      bool half_precision) {
-  if (!tensor_cores_serve(beta)) return false;
-  if (half_precision) return n > 1 || transpose;
-  return n > 1 && density >= kTensorMinDensityF32;
-}
 
 // Whether the tensor cores' warps split n, sharing each expanded block (split_n_kernel), rather
 // than the line's blocks: where n gives every warp of a thread block its tile several times over
@@ -165,18 +159,24 @@ constexpr bool tensor_split_n_preferred(long long n, long long line_length, bool
   return n >= kSplitNMinN && line_length <= (half_precision ? 16 : 64);
 }
 
-// Float32 in the batch-leading layout takes the split-n kernel from a lower density than
-// kTensorMinDensityF32: its CUDA-core walk reads D with a scalar shared load per multiply-add
-// (1.2-1.4x the feature-major walk's time) and the slab kernels do not serve it. On an H100
-// (kernel_check bench, beta 64, split-n over the wide kernel's time, A @ B / A.T @ B): density
-// 0.1 0.74-0.90 (4096 x 1024, n = 4096; 4096^2, n = 512; 1024^2, n = 16384) and 0.75-0.94 on
-// the DLMC layers at 90% (the rn50 64 x 576 layer, n = 100352: 0.142 / 0.161 against 0.168 /
-// 0.214 ms); 0.06 0.93-1.005; 0.05 0.84-1.07 (DLMC at 95%, 8192 x 2048); 0.04 0.91-1.10; 0.02
-// 1.12-1.16.
+// Float32 in the batch-leading layout takes the tensor cores, on the split-n kernel where it
+// serves, from a lower density than kTensorMinDensityF32: its CUDA-core walk reads D with a scalar
+// shared load per multiply-add (1.2-1.4x the feature-major walk's time) and the slab kernels do not
+// serve it. On an H100 (kernel_check bench, beta 64, split-n over the wide kernel's time, A @ B /
+// A.T @ B): density 0.1 0.74-0.90 (4096 x 1024, n = 4096; 4096^2, n = 512; 1024^2, n = 16384) and
+// 0.75-0.94 on the DLMC layers at 90% (the rn50 64 x 576 layer, n = 100352: 0.142 / 0.161 against
+// 0.168 / 0.214 ms); 0.06 0.93-1.005; 0.05 0.84-1.07 (DLMC at 95%, 8192 x 2048); 0.04 0.91-1.10;
+// 0.02 1.12-1.16.
 constexpr double kTensorMinDensityF32BatchLeading = 0.045;
-constexpr bool batch_leading_split_n_preferred(long long n, int beta, double density,
-                                               long long line_length) {
-  return tensor_cores_serve(beta) && density >= kTensorMinDensityF32BatchLeading &&
+
+// line_length: the positions of a line of the product's direction.
+constexpr bool tensor_cores_preferred(long long n, int beta, double density, bool transpose,
+                                      bool half_precision, bool batch_leading,
+                                      long long line_length) {
+  if (!tensor_cores_serve(beta)) return false;
+  if (half_precision) return n > 1 || transpose;
+  if (n > 1 && density >= kTensorMinDensityF32) return true;
+  return batch_leading && density >= kTensorMinDensityF32BatchLeading &&
          tensor_split_n_preferred(n, line_length, false);
 }
 
@@ -272,13 +272,10 @@ constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32, boo
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
                                            bool half_precision, bool batch_leading,
                                            long long line_length, long long out_rows) {
-  if (tensor_cores_preferred(n, beta, density, transpose, half_precision)) {
+  if (tensor_cores_preferred(n, beta, density, transpose, half_precision, batch_leading,
+                             line_length)) {
     return tensor_split_n_preferred(n, line_length, half_precision) ? SpmmKernel::kTensorSplitN
                                                                     : SpmmKernel::kTensor;
-  }
-  if (!half_precision && batch_leading &&
-      batch_leading_split_n_preferred(n, beta, density, line_length)) {
-    return SpmmKernel::kTensorSplitN;
   }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
   if (!half_precision &&

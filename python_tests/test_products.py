@@ -65,7 +65,7 @@ def test_sparse_left_high_sparsity(layout):
 def test_sparse_right_below_tensor_density(layout):
     """float32 at 92% sparsity, block size 64 and a flattened batch of 700: on a GPU the
     batch-leading products run on the tensor cores, whose warps split n, below the density of
-    1/8 that the feature-major ones need (cuda_config.h: batch_leading_split_n_preferred)."""
+    1/8 that the feature-major ones need (cuda_config.h: kTensorMinDensityF32BatchLeading)."""
     seed = seed_of("batch-leading tensor cores", layout)
     A, w = random_csb((300, 200), 0.08, np.float32, seed, block_size=64)
     x = jax.device_put(random_dense(dense_operand_shape(layout, (300, 200), 700), np.float32, seed))
