@@ -160,13 +160,13 @@ constexpr bool tensor_split_n_preferred(long long n, long long line_length, bool
 }
 
 // Float32 in the batch-leading layout takes the tensor cores, on the split-n kernel where it
-// serves, from a lower density than kTensorMinDensityF32: its CUDA-core walk reads D with a scalar
-// shared load per multiply-add (1.2-1.4x the feature-major walk's time) and the slab kernels do not
-// serve it. On an H100 (kernel_check bench, beta 64, split-n over the wide kernel's time, A @ B /
-// A.T @ B): density 0.1 0.74-0.90 (4096 x 1024, n = 4096; 4096^2, n = 512; 1024^2, n = 16384) and
-// 0.75-0.94 on the DLMC layers at 90% (the rn50 64 x 576 layer, n = 100352: 0.142 / 0.161 against
-// 0.168 / 0.214 ms); 0.06 0.93-1.005; 0.05 0.84-1.07 (DLMC at 95%, 8192 x 2048); 0.04 0.91-1.10;
-// 0.02 1.12-1.16.
+// serves, from a lower density than kTensorMinDensityF32 where the slab kernels do not take it
+// (slab_preferred): the wide kernel's walk reads D with a scalar shared load per multiply-add
+// (1.2-1.4x the feature-major walk's time). On an H100 (kernel_check bench, beta 64, split-n over
+// the wide kernel's time, A @ B / A.T @ B): density 0.1 0.74-0.90 (4096 x 1024, n = 4096; 4096^2, n
+// = 512; 1024^2, n = 16384) and 0.75-0.94 on the DLMC layers at 90% (the rn50 64 x 576 layer, n =
+// 100352: 0.142 / 0.161 against 0.168 / 0.214 ms); 0.06 0.93-1.005; 0.05 0.84-1.07 (DLMC at 95%,
+// 8192 x 2048); 0.04 0.91-1.10; 0.02 1.12-1.16.
 constexpr double kTensorMinDensityF32BatchLeading = 0.045;
 
 // line_length: the positions of a line of the product's direction.
@@ -215,48 +215,57 @@ constexpr bool tensor_sddmm_preferred(int beta, bool half_precision, double dens
 // Float32 SpMM from a slab of the dense operand (cuda_spmm_slab.cu): the nonzeros sorted by
 // (part of the input axis, output row) once into a workspace, then thread blocks that each keep
 // kSlabPartRows rows of the input axis x 32 columns of n in shared memory (128 KiB) and walk
-// every output row against them, one part after another, in the feature-major layout, at block
-// sizes up to kSlabMaxBeta. Tiles of 16 and 8 columns over a whole input axis of 2048 or 4096
+// every output row against them, one part after another, in both layouts, at block sizes up to
+// kSlabMaxBeta. Tiles of 16 and 8 columns over a whole input axis of 2048 or 4096
 // ran 1.0-1.6x slower than the wide kernel (bank conflicts of 16 slab rows a read, and the
 // sorted nonzeros read again for every tile): a longer axis goes in parts instead.
 constexpr int kSlabMaxBeta = 128;
 constexpr long long kSlabPartRows = 1024;
-constexpr bool slab_serves(int beta, bool float32, bool batch_leading) {
-  return float32 && !batch_leading && beta <= kSlabMaxBeta;
-}
+constexpr bool slab_serves(int beta, bool float32) { return float32 && beta <= kSlabMaxBeta; }
 
-// Whether the slab kernels take a float32 product that the tensor cores do not: where lines hold
-// so few nonzeros that the wide kernel's staging of the dense operand for every block of every
-// line, and its sort of every block for every tile of n, outweigh their multiply-adds; not on
-// input axes shorter than kSlabMinInRows (a thread block stages a slab of few rows for each
-// tile of n, and the staging, not overlapped with the walk, holds a product that is bound by
-// its output's bytes) or outputs of fewer than kSlabMinOutRows rows (idle groups of lanes). On
-// an H100 (kernel_check bench, beta 128, ms, slab / wide), uniform random: 4096 x 1024, n =
-// 4096, at density 0.02 0.105 / 0.260, 0.10 0.400 / 0.529, transposed 0.126 / 0.259 and 0.427 /
-// 0.554; 11008 x 4096, n = 1024, at 0.10 1.114 / 1.532; 512 x 512, n = 1024, at 0.02 0.0135 /
-// 0.0152, 0.10 0.0193 / 0.0239; 256 x 1024, n = 4096, at 0.05 0.0265 / 0.0297, transposed
-// (256 input rows) 0.0280 / 0.0284; 256 x 256, n = 8192, at 0.05 0.0201 / 0.0156. The DLMC
-// layers at 90-98% (N as in the benchmark of the targets): 0.71-1.01x the wide kernel's time
-// forward and 0.75-1.08x transposed, but 1.24-1.34x on an input axis of 64 or 128 rows (rn50
-// 64 x 576 and 128 x 512 transposed, N = 25088 and 100352) and on 64 output rows. (These are
-// times of the walk in groups of eight lanes; four, where each group walks two rows or more,
-// run 1.05-1.11x faster: 4096 x 1024 at 0.10 0.364 / 0.529.)
+// Whether the slab kernels take a float32 product: where lines hold so few nonzeros that the
+// wide kernel's staging of the dense operand for every block of every line, and its sort of
+// every block for every tile of n, outweigh their multiply-adds; not on input axes shorter than
+// kSlabMinInRows (a thread block stages a slab of few rows for each tile of n, and the staging,
+// not overlapped with the walk, holds a product that is bound by its output's bytes) or outputs
+// of fewer than kSlabMinOutRows rows (idle groups of lanes). On an H100 (kernel_check bench,
+// beta 128, ms, slab / wide), uniform random: 4096 x 1024, n = 4096, at density 0.02 0.105 /
+// 0.260, 0.10 0.400 / 0.529, transposed 0.126 / 0.259 and 0.427 / 0.554; 11008 x 4096, n = 1024,
+// at 0.10 1.114 / 1.532; 512 x 512, n = 1024, at 0.02 0.0135 / 0.0152, 0.10 0.0193 / 0.0239; 256
+// x 1024, n = 4096, at 0.05 0.0265 / 0.0297, transposed (256 input rows) 0.0280 / 0.0284; 256 x
+// 256, n = 8192, at 0.05 0.0201 / 0.0156. The DLMC layers at 90-98% (N as in the benchmark of the
+// targets): 0.71-1.01x the wide kernel's time forward and 0.75-1.08x transposed, but 1.24-1.34x
+// on an input axis of 64 or 128 rows (rn50 64 x 576 and 128 x 512 transposed, N = 25088 and
+// 100352) and on 64 output rows. (These are times of the walk in groups of eight lanes; four,
+// where each group walks two rows or more, run 1.05-1.11x faster: 4096 x 1024 at 0.10 0.364 /
+// 0.529.) On 256 input rows, with four lanes, feature-major / batch-leading: the rn50 256 x 2304
+// layer transposed (N = 6272) at 90% 0.115 / 0.124 against 0.133 / 0.164 ms, at 95% 0.078 /
+// 0.088 against 0.095 / 0.124; uniform 256 x 4096 transposed and 4096 x 256 (n = 4096) 0.70-0.84x
+// and 0.60-0.79x the rule's pick before; 256 x 1024 transposed at 0.05 1.10x feature-major
+// (0.0315 against 0.0286 ms) and 0.87x batch-leading. On 128 rows 0.99-1.46x.
+//
+// The batch-leading layout takes them before the tensor cores' line of
+// kTensorMinDensityF32BatchLeading (preferred_spmm_kernel): beta 64, n = 4096, 4096 x 1024 at
+// density 0.1 0.416 / 0.420 ms against 0.591 / 0.648 ms on split n (A @ B / A.T @ B), at 0.05
+// 0.259 / 0.258 against 0.586 / 0.636; the rn50 1024 x 512 layer at 90% (N = 6272) 0.099 / 0.111
+// against 0.122 / 0.121; the Transformer's 1024 x 4096 layer at 90% (N = 2048) 0.069 / 0.083
+// against 0.087 / 0.098.
 constexpr double kSlabMaxDensity = 0.12;
 constexpr long long kSlabMinN = 1024;
-constexpr long long kSlabMinInRows = 512;
+constexpr long long kSlabMinInRows = 256;
 constexpr long long kSlabMinOutRows = 128;
-constexpr bool slab_preferred(long long n, int beta, double density, bool batch_leading,
-                              long long out_rows, long long in_rows) {
-  return slab_serves(beta, true, batch_leading) && n >= kSlabMinN && density <= kSlabMaxDensity &&
+constexpr bool slab_preferred(long long n, int beta, double density, long long out_rows,
+                              long long in_rows) {
+  return slab_serves(beta, true) && n >= kSlabMinN && density <= kSlabMaxDensity &&
          in_rows >= kSlabMinInRows && out_rows >= kSlabMinOutRows;
 }
 
 // Whether kernel family `kernel` can run a product of block size beta, value type and layout
 // (kAuto and the wide family run every one).
-constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32, bool batch_leading) {
+constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32) {
   switch (kernel) {
     case SpmmKernel::kSlab:
-      return slab_serves(beta, float32, batch_leading);
+      return slab_serves(beta, float32);
     case SpmmKernel::kNarrow:
       return narrow_n_supported(beta);
     case SpmmKernel::kTensor:
@@ -272,16 +281,17 @@ constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32, boo
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
                                            bool half_precision, bool batch_leading,
                                            long long line_length, long long out_rows) {
+  // The slab first: of the other families' rules only the tensor cores' batch-leading line
+  // takes float32 products at the densities of the slab, and the slab runs them faster.
+  if (!half_precision && slab_preferred(n, beta, density, out_rows, line_length * beta)) {
+    return SpmmKernel::kSlab;
+  }
   if (tensor_cores_preferred(n, beta, density, transpose, half_precision, batch_leading,
                              line_length)) {
     return tensor_split_n_preferred(n, line_length, half_precision) ? SpmmKernel::kTensorSplitN
                                                                     : SpmmKernel::kTensor;
   }
   if (narrow_n_preferred(n, beta, density, transpose)) return SpmmKernel::kNarrow;
-  if (!half_precision &&
-      slab_preferred(n, beta, density, batch_leading, out_rows, line_length * beta)) {
-    return SpmmKernel::kSlab;
-  }
   return SpmmKernel::kWide;
 }
 

@@ -12,9 +12,9 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
                               const SpmmOptions& options, SpmmKernel kernel);
 
 size_t spmm_workspace_bytes(const SpmmArgs& args, const SpmmOptions& options) {
-  const bool slab = spmm_kernel_for(args, options) == SpmmKernel::kSlab &&
-                    spmm_kernel_serves(SpmmKernel::kSlab, args.shape.block_size,
-                                       args.dtype == DType::kF32, args.batch_leading);
+  const bool slab =
+      spmm_kernel_for(args, options) == SpmmKernel::kSlab &&
+      spmm_kernel_serves(SpmmKernel::kSlab, args.shape.block_size, args.dtype == DType::kF32);
   return slab && args.nnz > 0 ? spmm_slab_workspace_bytes(args) : 0;
 }
 

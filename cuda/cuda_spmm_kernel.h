@@ -646,8 +646,7 @@ cudaError_t launch_spmm_typed(const SpmmArgs& a, const DeviceInfo& dev, cudaStre
   return dispatch_beta(a.shape.block_size, [&](auto beta) {
     constexpr int kBeta = decltype(beta)::value;
     constexpr bool kHalf = !std::is_same_v<T, float>;
-    if (kernel == SpmmKernel::kSlab ||
-        !spmm_kernel_serves(kernel, kBeta, !kHalf, a.batch_leading)) {
+    if (kernel == SpmmKernel::kSlab || !spmm_kernel_serves(kernel, kBeta, !kHalf)) {
       return cudaErrorInvalidValue;
     }
     if (kernel == SpmmKernel::kTensor || kernel == SpmmKernel::kTensorSplitN) {

@@ -1,5 +1,5 @@
 // Float32 SpMM where lines hold few nonzeros and n is long (cuda_config.h: slab_preferred), in
-// the feature-major layout, in two kernels.
+// both layouts, in two kernels.
 //
 // Why. The wide kernel stages a beta x 128 tile of D for every CSB block of every line, and
 // sorts the block's nonzeros by output row for every tile of n: at 95-98% sparsity each staged
@@ -28,7 +28,9 @@
 // reads of the slab: a warp's eight groups read eight whole 128-byte slab rows), so that no sum
 // crosses lanes and a row costs few instructions beyond its multiply-adds. It launches as the
 // sort's programmatic dependent: its thread blocks start, and stage their first slab, while the
-// sort still runs.
+// sort still runs. The slab and the walk are the same in both layouts; in the batch-leading one
+// the staging reads D down the slab's columns, and the sums gather in shared memory and go out
+// along the output's rows once the last part is walked (OutTile).
 #include <algorithm>
 #include <cstdint>
 
@@ -84,7 +86,7 @@ struct SlabParams : LineParams {
   int64_t parts;        // parts of the input axis
   int64_t part_length;  // positions of a line in a part
   int beta;
-  bool vec_ok;  // D and the output allow 16-byte accesses along n
+  bool vec_ok;  // 16-byte accesses of D and the output (launch_spmm_slab)
   // Output rows, each with a slot in every part: lines x beta.
   __host__ __device__ int64_t rows() const { return num_lines * beta; }
   // Slab rows of a part: the rows of the input axis that its positions cover.
@@ -93,6 +95,11 @@ struct SlabParams : LineParams {
     return ws.slots[part * rows() + index];
   }
 };
+
+// Bytes of the slab of a part and the zero row after it.
+__host__ __device__ inline size_t slab_bytes(const SlabParams& p) {
+  return static_cast<size_t>(p.part_rows() + 1) * kSlabRowBytes;
+}
 
 // The sum over the thread block of each thread's `value` (every thread gets it).
 __device__ int64_t block_sum(int64_t value, int64_t* scratch) {
@@ -303,25 +310,49 @@ __global__ void __launch_bounds__(kThreads, 1) sort_lines_kernel(const SlabParam
 }
 
 // Stages D's rows [row0, row0 + part_rows) x columns [n0, n0 + kTile) into the slab, zero
-// outside D.
+// outside D. Feature-major, a slab row is 128 contiguous bytes of D, copied asynchronously.
+// Batch-leading, D is (n, in_dim) and a slab column is contiguous in D: lane j of a warp reads
+// kRun consecutive input rows of column n0 + j (a 32-byte sector) and stores them down slab
+// column j, so that the warp's stores of a slab row fall in 32 distinct banks.
+template <bool kBatchLeading>
 __device__ void stage_slab(const SlabParams& p, float* slab, int64_t row0, int64_t n0) {
   const float* dense = static_cast<const float*>(p.dense);
-  constexpr int kCopies = kTile / 4;
-  const int total = static_cast<int>(p.part_rows()) * kCopies;  // at most kSlabPartRows x 8
-  for (int i = threadIdx.x; i < total; i += kThreads) {
-    const int64_t row = row0 + i / kCopies, col = n0 + i % kCopies * 4;
-    float* dst = slab + i * 4;
-    if (p.vec_ok) {
-      const bool ok = row < p.in_dim && col < p.n;
-      cp_async_16(dst, ok ? dense + row * p.n + col : dense, ok ? 16 : 0);
-    } else {
-      for (int j = 0; j < 4; ++j) {
-        dst[j] = row < p.in_dim && col + j < p.n ? dense[row * p.n + col + j] : 0.0f;
+  const int rows = static_cast<int>(p.part_rows());  // at most kSlabPartRows, whole blocks
+  if constexpr (kBatchLeading) {
+    constexpr int kRun = 8;  // divides every block size, so a run stays inside the part
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t col = n0 + lane;
+    for (int r = warp * kRun; r < rows; r += kWarps * kRun) {
+      const int64_t row = row0 + r;
+      const float* src = dense + col * p.in_dim + row;
+      float v[kRun];
+      if (p.vec_ok && col < p.n && row + kRun <= p.in_dim) {
+        load_vec<float, 4>(src, reinterpret_cast<float (&)[4]>(v[0]));
+        load_vec<float, 4>(src + 4, reinterpret_cast<float (&)[4]>(v[4]));
+      } else {
+#pragma unroll
+        for (int i = 0; i < kRun; ++i) v[i] = col < p.n && row + i < p.in_dim ? src[i] : 0.0f;
+      }
+#pragma unroll
+      for (int i = 0; i < kRun; ++i) slab[(r + i) * kTile + lane] = v[i];
+    }
+  } else {
+    constexpr int kCopies = kTile / 4;
+    for (int i = threadIdx.x; i < rows * kCopies; i += kThreads) {
+      const int64_t row = row0 + i / kCopies, col = n0 + i % kCopies * 4;
+      float* dst = slab + i * 4;
+      if (p.vec_ok) {
+        const bool ok = row < p.in_dim && col < p.n;
+        cp_async_16(dst, ok ? dense + row * p.n + col : dense, ok ? 16 : 0);
+      } else {
+        for (int j = 0; j < 4; ++j) {
+          dst[j] = row < p.in_dim && col + j < p.n ? dense[row * p.n + col + j] : 0.0f;
+        }
       }
     }
+    cp_async_commit();
+    cp_async_wait_all();
   }
-  cp_async_commit();
-  cp_async_wait_all();
   __syncthreads();
 }
 
@@ -395,18 +426,19 @@ __device__ __forceinline__ void row_sums(const SlabParams& p, uint32_t slab,
   }
 }
 
-// A lane's 4 output columns from c on, of which those below n: one 16-byte access where
-// vec_ok.
-__device__ __forceinline__ void load_out(const SlabParams& p, const float* src, int64_t c,
-                                         float (&v)[4]) {
+// A lane's 4 output values of `row` at columns c to c + 3 of n (feature-major), of those below
+// n: one 16-byte access where vec_ok.
+__device__ __forceinline__ void load_out(const SlabParams& p, int row, int64_t c, float (&v)[4]) {
+  const float* src = static_cast<const float*>(p.out) + int64_t{row} * p.n + c;
   if (p.vec_ok) {
     load_vec<float, 4>(src, v);
   } else {
     for (int i = 0; i < 4 && c + i < p.n; ++i) v[i] = src[i];
   }
 }
-__device__ __forceinline__ void store_out(const SlabParams& p, float* dst, int64_t c,
+__device__ __forceinline__ void store_out(const SlabParams& p, int row, int64_t c,
                                           const float (&v)[4]) {
+  float* dst = static_cast<float*>(p.out) + int64_t{row} * p.n + c;
   if (p.vec_ok) {
     store_vec<float, 4>(dst, v);
   } else {
@@ -414,18 +446,56 @@ __device__ __forceinline__ void store_out(const SlabParams& p, float* dst, int64
   }
 }
 
+// The batch-leading output, (n, out_dim), goes out through shared memory: stored straight from
+// the walk, each sum of a ranked row takes a 32-byte sector of its own, and at 95-98% sparsity
+// those stores took longer than the walk (4096 x 1024 at density 0.02, n = 4096: 0.288 against
+// 0.108 ms feature-major). A thread block's slots of step k of its walk are whole lines (kRows
+// is a multiple of every block size): output rows [row0, row0 + kRows). The thread block keeps
+// the sums of every step of its walk in shared memory, a row of kTile columns each, adds each
+// part's sums to them, and writes them out once, after its last part, 32 rows of a column at a
+// time (128 bytes along out_dim). Its row groups are as many as that needs (walk_plan).
+template <int kLanes>
+struct OutTile {
+  static constexpr int kRows = Groups<kLanes>::kRows;
+  static constexpr int kStride = kTile + 1;  // padded: 32 rows of a column fall in 32 banks
+  static constexpr size_t kStepBytes = size_t{kRows} * kStride * sizeof(float);
+};
+
+// The output tile `tile` into the output at columns n0 on, by the whole thread block after the
+// walk's last barrier: `steps` steps of kRows rows, the first from row `base`, `stride` rows
+// apart.
+template <int kLanes, typename T = OutTile<kLanes>>
+__device__ void write_out_tile(const SlabParams& p, const float* tile, int64_t base, int64_t stride,
+                               int64_t steps, int64_t n0) {
+  constexpr int kPer = T::kRows / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t at = warp; at < steps * kTile; at += kWarps) {
+    const int64_t k = at / kTile, row0 = base + k * stride;
+    const int c = static_cast<int>(at % kTile);
+    if (n0 + c >= p.n) continue;
+    const float* src = tile + k * T::kRows * T::kStride + c;
+    float* const dst = static_cast<float*>(p.out) + (n0 + c) * p.out_dim + row0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int r = lane + 32 * i;
+      if (row0 + r < p.out_dim) dst[r] = src[r * T::kStride];
+    }
+  }
+}
+
 // A group's slots of one part, first, first + stride, ... (the k-th of them ranked from the
 // other end of its line where k is odd, so that no warp takes the longest rows of every line),
-// their sums stored on the first part and added to the output on the others. The slots of
+// their sums stored on the first part and added to the output on the others (batch-leading: to
+// the thread block's output tile). The slots of
 // kLanes rows arrive in one load, a lane each, and a row's first nonzeros are loaded while the
 // row before it is multiplied: the walk would otherwise wait on two dependent loads from memory
 // every row. The lane's columns: 4 from each of n0 + piece[q] x 4.
-template <int kLanes, typename G = Groups<kLanes>>
-__device__ void walk_rows(const SlabParams& p, uint32_t slab, const int (&piece)[G::kVecs],
-                          int64_t n0, int64_t part, int64_t first, int64_t stride) {
+template <int kLanes, bool kBatchLeading, typename G = Groups<kLanes>>
+__device__ void walk_rows(const SlabParams& p, uint32_t slab, float* out_tile,
+                          const int (&piece)[G::kVecs], int64_t n0, int64_t part, int64_t first,
+                          int64_t stride) {
   const int sub = threadIdx.x % kLanes;
   const bool adds = part > 0;
-  float* const out = static_cast<float*>(p.out);
   const int64_t mine = first < p.rows() ? ceil_div(p.rows() - first, stride) : 0;
   const int64_t steps = __shfl_sync(kFull, mine, 0);  // the warp's first group has the most
   for (int64_t k0 = 0; k0 < steps; k0 += kLanes) {
@@ -445,21 +515,38 @@ __device__ void walk_rows(const SlabParams& p, uint32_t slab, const int (&piece)
       const int next_end = __shfl_sync(kFull, my_slot.y, next, kLanes);
       const int next_row = __shfl_sync(kFull, my_slot.z, next, kLanes);
       if (j + 1 < batch) load_entries<kLanes>(p, next_begin, next_end, next_head);
-      // Where this group has a row of the matrix; a part adds nothing to a row without
-      // nonzeros in it.
-      const bool writes = k0 + j < mine && row < p.out_dim && (!adds || begin < end);
-      float* const dst = out + int64_t{row} * p.n + n0;
+      const int64_t k = k0 + j;
       float acc[G::kVecs][4] = {};
+      if constexpr (kBatchLeading) {
+        row_sums<kLanes>(p, slab, piece, begin, end, head, acc);
+        // The row's place in the tile: step k's rows begin at first + k stride - group.
+        if (k < mine) {
+          const int64_t at = k * G::kRows + row - (first + k * stride) + threadIdx.x / kLanes;
+          float* const sums = out_tile + at * OutTile<kLanes>::kStride;
 #pragma unroll
-      for (int q = 0; q < G::kVecs; ++q) {
-        const int64_t c = n0 + piece[q] * 4;
-        if (adds && writes && c < p.n) load_out(p, dst + piece[q] * 4, c, acc[q]);
-      }
-      row_sums<kLanes>(p, slab, piece, begin, end, head, acc);
+          for (int q = 0; q < G::kVecs; ++q) {
 #pragma unroll
-      for (int q = 0; q < G::kVecs; ++q) {
-        const int64_t c = n0 + piece[q] * 4;
-        if (writes && c < p.n) store_out(p, dst + piece[q] * 4, c, acc[q]);
+            for (int i = 0; i < 4; ++i) {
+              float& sum = sums[piece[q] * 4 + i];
+              sum = adds ? sum + acc[q][i] : acc[q][i];
+            }
+          }
+        }
+      } else {
+        // Where this group has a row of the matrix; a part adds nothing to a row without
+        // nonzeros in it.
+        const bool writes = k < mine && row < p.out_dim && (!adds || begin < end);
+#pragma unroll
+        for (int q = 0; q < G::kVecs; ++q) {
+          const int64_t c = n0 + piece[q] * 4;
+          if (adds && writes && c < p.n) load_out(p, row, c, acc[q]);
+        }
+        row_sums<kLanes>(p, slab, piece, begin, end, head, acc);
+#pragma unroll
+        for (int q = 0; q < G::kVecs; ++q) {
+          const int64_t c = n0 + piece[q] * 4;
+          if (writes && c < p.n) store_out(p, row, c, acc[q]);
+        }
       }
       begin = next_begin;
       end = next_end;
@@ -472,7 +559,7 @@ __device__ void walk_rows(const SlabParams& p, uint32_t slab, const int (&piece)
 
 // Thread block (x, y): n-tile x of the slots y * kRows + g, stepping by gridDim.y * kRows, group
 // of lanes g taking each, for every part of the input axis in turn.
-template <int kLanes>
+template <int kLanes, bool kBatchLeading>
 __global__ void __launch_bounds__(kThreads, 1) slab_kernel(const SlabParams p) {
   using G = Groups<kLanes>;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -486,42 +573,77 @@ __global__ void __launch_bounds__(kThreads, 1) slab_kernel(const SlabParams p) {
   const int64_t n0 = int64_t{blockIdx.x} * kTile;
   const int64_t first = int64_t{blockIdx.y} * G::kRows + group;
   const int64_t stride = int64_t{gridDim.y} * G::kRows;
-  // The zero row after the slab, which padding reads; the staging's barrier publishes it.
+  // The batch-leading output's tile follows the slab and its zero row, which padding reads; the
+  // staging's barrier publishes the zero row.
+  float* const out_tile = reinterpret_cast<float*>(smem + slab_bytes(p));
   if (threadIdx.x < kTile) slab[p.part_rows() * kTile + threadIdx.x] = 0.0f;
   for (int64_t part = 0; part < p.parts; ++part) {
     if (part > 0) __syncthreads();  // every warp is done with the slab before it is restaged
-    stage_slab(p, slab, part * p.part_rows(), n0);
+    stage_slab<kBatchLeading>(p, slab, part * p.part_rows(), n0);
     // The sort, launched before this kernel, has finished and its workspace is visible.
     if (part == 0) cudaGridDependencySynchronize();
-    walk_rows<kLanes>(p, shared_address(slab), piece, n0, part, first, stride);
+    walk_rows<kLanes, kBatchLeading>(p, shared_address(slab), out_tile, piece, n0, part, first,
+                                     stride);
+  }
+  if constexpr (kBatchLeading) {
+    __syncthreads();
+    const int64_t base = first - group;
+    const int64_t steps = base < p.rows() ? ceil_div(p.rows() - base, stride) : 0;
+    write_out_tile<kLanes>(p, out_tile, base, stride, steps, n0);
   }
 }
 
-// Row groups per n-tile, for thread blocks that take `block_rows` slots at once: the grid takes
-// ceil(tiles * groups / slots) waves of rows / groups slots each; the fewest groups within 5% of
-// the best, each restaging the slabs, with a slot for every group of lanes.
-int64_t row_groups(int64_t tiles, int64_t rows, int64_t slots, int64_t block_rows) {
+// Row groups per n-tile, at least `fewest`, for thread blocks that take `block_rows` slots at
+// once: the grid takes ceil(tiles * groups / slots) waves of rows / groups slots each; the
+// fewest groups within 5% of the best, each restaging the slabs, with a slot for every group of
+// lanes.
+int64_t row_groups(int64_t tiles, int64_t rows, int64_t slots, int64_t block_rows, int64_t fewest) {
   auto cost = [&](int64_t g) {
     return static_cast<double>(ceil_div(tiles * g, slots)) * ceil_div(rows, g);
   };
-  int64_t best = 1;
-  for (int64_t g = 2; g <= std::min<int64_t>(rows / block_rows, 65535); ++g) {
+  int64_t best = fewest;
+  for (int64_t g = fewest + 1; g <= std::min<int64_t>(rows / block_rows, 65535); ++g) {
     if (cost(g) < 0.95 * cost(best)) best = g;
   }
   return best;
 }
 
-template <int kLanes>
+// The grid of the walk in groups of kLanes lanes: row groups, the steps of a thread block's walk
+// and its shared memory (none: the output's tile does not fit).
+struct WalkPlan {
+  int64_t groups = 0, steps = 0;
+  size_t smem = 0;
+};
+template <int kLanes, bool kBatchLeading>
+WalkPlan walk_plan(const SlabParams& p, const DeviceInfo& dev, int64_t tiles, int64_t slots) {
+  constexpr int64_t kRows = Groups<kLanes>::kRows;
+  const size_t slab = slab_bytes(p), most = static_cast<size_t>(dev.max_smem_optin);
+  if (slab > most) return {};
+  int64_t fewest = 1;  // batch-leading: as many as leave a thread block's steps room
+  if constexpr (kBatchLeading) {
+    const auto most_steps = static_cast<int64_t>((most - slab) / OutTile<kLanes>::kStepBytes);
+    if (most_steps < 1) return {};
+    fewest = ceil_div(p.rows(), most_steps * kRows);
+  }
+  WalkPlan plan;
+  plan.groups = row_groups(tiles, p.rows(), slots, kRows, fewest);
+  plan.steps = ceil_div(p.rows(), plan.groups * kRows);
+  plan.smem = slab + (kBatchLeading ? plan.steps * OutTile<kLanes>::kStepBytes : 0);
+  return plan.groups <= 65535 ? plan : WalkPlan{};
+}
+
+template <int kLanes, bool kBatchLeading>
 cudaError_t launch_walk(const SlabParams& p, const DeviceInfo& dev, cudaStream_t stream,
-                        int64_t tiles, int64_t groups, size_t smem) {
-  constexpr auto kKernel = slab_kernel<kLanes>;
+                        int64_t tiles, const WalkPlan& plan) {
+  if (plan.groups == 0) return cudaErrorInvalidValue;
+  constexpr auto kKernel = slab_kernel<kLanes, kBatchLeading>;
   // Raised once to the most any slab needs, for every later launch.
   cudaError_t err = allow_smem<kKernel>(dev.device, dev.max_smem_optin);
   if (err != cudaSuccess) return err;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(groups), 1);
+  config.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(plan.groups), 1);
   config.blockDim = dim3(kThreads, 1, 1);
-  config.dynamicSmemBytes = smem;
+  config.dynamicSmemBytes = plan.smem;
   config.stream = stream;
   // Launched as the sort's programmatic dependent (slab_kernel waits for it after staging).
   cudaLaunchAttribute attr = programmatic_attribute();
@@ -534,19 +656,17 @@ cudaError_t launch_walk(const SlabParams& p, const DeviceInfo& dev, cudaStream_t
 // one row takes as long as that row, and the warps that drew a line's longest rows hold their
 // thread block: with 8 rows a warp, 1.1-1.2x longer than with 4 on magnitude-pruned layers.
 // With two, it takes a long row and a short one (walk_rows).
+template <bool kBatchLeading>
 cudaError_t launch_multiply(const SlabParams& p, const DeviceInfo& dev, cudaStream_t stream) {
-  const size_t smem = static_cast<size_t>(p.part_rows() + 1) * kSlabRowBytes;  // and the zero row
-  if (smem > static_cast<size_t>(dev.max_smem_optin)) return cudaErrorInvalidValue;
   const int64_t tiles = ceil_div(p.n, kTile);
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
   // Both walks keep one thread block a multiprocessor.
-  const int64_t slots = resident_on_gpu<slab_kernel<4>>(1, kThreads, smem, dev);
-  const int64_t groups4 = row_groups(tiles, p.rows(), slots, Groups<4>::kRows);
-  if (ceil_div(p.rows(), groups4 * Groups<4>::kRows) >= 2) {
-    return launch_walk<4>(p, dev, stream, tiles, groups4, smem);
-  }
-  const int64_t groups8 = row_groups(tiles, p.rows(), slots, Groups<8>::kRows);
-  return launch_walk<8>(p, dev, stream, tiles, groups8, smem);
+  const int64_t slots =
+      resident_on_gpu<slab_kernel<4, kBatchLeading>>(1, kThreads, slab_bytes(p), dev);
+  const WalkPlan four = walk_plan<4, kBatchLeading>(p, dev, tiles, slots);
+  if (four.steps >= 2) return launch_walk<4, kBatchLeading>(p, dev, stream, tiles, four);
+  return launch_walk<8, kBatchLeading>(p, dev, stream, tiles,
+                                       walk_plan<8, kBatchLeading>(p, dev, tiles, slots));
 }
 
 }  // namespace
@@ -575,8 +695,8 @@ cudaError_t launch_spmm_slab(const SpmmArgs& a, const DeviceInfo& dev, cudaStrea
   const int beta = a.shape.block_size;
   SlabParams p{};
   set_line_params(a, &p);
-  if (!slab_serves(beta, a.dtype == DType::kF32, a.batch_leading) || a.workspace == nullptr ||
-      a.nnz > INT32_MAX || p.num_lines > INT32_MAX || p.line_length == 0) {
+  if (!slab_serves(beta, a.dtype == DType::kF32) || a.workspace == nullptr || a.nnz > INT32_MAX ||
+      p.num_lines > INT32_MAX || p.line_length == 0) {
     return cudaErrorInvalidValue;
   }
   const SlabParts parts = slab_parts(p.line_length, beta);
@@ -587,8 +707,12 @@ cudaError_t launch_spmm_slab(const SpmmArgs& a, const DeviceInfo& dev, cudaStrea
   p.cluster = sort_cluster(cluster, dev, a.nnz, p.num_lines * p.parts);
   if (p.cluster == 0) return cudaErrorInvalidValue;
   p.ws = SlabWorkspace::at(a.workspace, a.nnz);
-  p.vec_ok = a.n % 4 == 0 && reinterpret_cast<uintptr_t>(a.dense) % 16 == 0 &&
-             reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
+  // 16-byte accesses of D along n, and of the output, feature-major; of D along the input axis
+  // batch-leading (the output goes out through shared memory).
+  const bool dense_aligned = reinterpret_cast<uintptr_t>(a.dense) % 16 == 0;
+  p.vec_ok = a.batch_leading
+                 ? p.in_dim % 4 == 0 && dense_aligned
+                 : a.n % 4 == 0 && dense_aligned && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
   cudaError_t err = dispatch_beta(beta, [&](auto b) -> cudaError_t {
     constexpr int kBeta = decltype(b)::value;
     if constexpr (kBeta > kSlabMaxBeta) {
@@ -601,7 +725,8 @@ cudaError_t launch_spmm_slab(const SpmmArgs& a, const DeviceInfo& dev, cudaStrea
     }
   });
   if (err != cudaSuccess) return err;
-  return launch_multiply(p, dev, stream);
+  return a.batch_leading ? launch_multiply<true>(p, dev, stream)
+                         : launch_multiply<false>(p, dev, stream);
 }
 
 }  // namespace jaxcsb::cuda

@@ -11,6 +11,7 @@ from helpers import (
     BATCHES,
     DTYPE_IDS,
     DTYPES,
+    LAYOUTS,
     N_FLAT,
     SHAPE,
     apply,
@@ -47,13 +48,14 @@ def test_sparse_left(layout, dtype, n, impl):
     assert_close(out, apply(layout, A, x, "jax"), 2 * scale, dtype, f"{layout} {impl} vs jax")
 
 
-@pytest.mark.parametrize("layout", ["A@B", "AT@B"])
-def test_sparse_left_high_sparsity(layout):
-    """float32 at 97% sparsity and n = 1030: on a GPU both products sort the nonzeros once into
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_high_sparsity(layout):
+    """float32 at 97% sparsity and n = 1030: on a GPU every product sorts the nonzeros once into
     XLA's scratch memory and each thread block keeps a slab of the dense operand, its input axis
-    of 1700 rows in two parts (cuda_config.h: slab_preferred)."""
+    of 1700 rows in two parts (cuda_config.h: slab_preferred), in both layouts."""
     seed = seed_of("high sparsity", layout)
-    shape = (4100, 1700) if layout == "A@B" else (1700, 4100)
+    input_axis_is_rows = layout in ("AT@B", "X@A")
+    shape = (1700, 4100) if input_axis_is_rows else (4100, 1700)
     A, w = random_csb(shape, 0.03, np.float32, seed)
     x = jax.device_put(random_dense(dense_operand_shape(layout, shape, 1030), np.float32, seed + 7))
     out = apply(layout, A, x)

@@ -372,9 +372,9 @@ const char* kernel_name(SpmmKernel k) {
 constexpr SpmmKernel kFamilies[] = {SpmmKernel::kWide, SpmmKernel::kNarrow, SpmmKernel::kTensor,
                                     SpmmKernel::kTensorSplitN, SpmmKernel::kSlab};
 
-// Whether family k can run a product of m in value type t and layout.
-bool serves(SpmmKernel k, const HostCsb& m, DType t, bool batch_leading) {
-  return spmm_kernel_serves(k, m.shape.block_size, t == DType::kF32, batch_leading);
+// Whether family k can run a product of m in value type t.
+bool serves(SpmmKernel k, const HostCsb& m, DType t) {
+  return spmm_kernel_serves(k, m.shape.block_size, t == DType::kF32);
 }
 
 // The families that can run a product of m (direction and layout given): the one the heuristic
@@ -389,7 +389,7 @@ std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool t
                             s.line_length(), s.out_dim());
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k : kFamilies) {
-    if (k != preferred && serves(k, m, t, batch_leading)) kernels.push_back(k);
+    if (k != preferred && serves(k, m, t)) kernels.push_back(k);
   }
   return kernels;
 }
@@ -535,7 +535,7 @@ int run_check(int level, const DeviceInfo& dev) {
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kNarrow}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensor}, rng, dev);
           check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
-          if (serves(SpmmKernel::kSlab, full, t, bl)) {
+          if (serves(SpmmKernel::kSlab, full, t)) {
             check_spmm(full, t, n, tr, bl, {0, SpmmKernel::kSlab}, rng, dev);
           }
         }
@@ -619,31 +619,40 @@ int run_check(int level, const DeviceInfo& dev) {
         check_spmm(long_lines, t, 300, false, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
       }
     }
-    // The slab kernels (float32) on lines of many nonzeros: an input axis of one part, and of
-    // several parts whose last one is short and ragged at the axis' end, at the smallest and
-    // largest block sizes; ragged at n's end and at the last line; sorted by clusters of 1, 3
-    // and 8 thread blocks and the heuristic's. The walk takes four lanes a row on these, and
-    // eight on an output of 120 rows (a row a group of lanes). Where the heuristic picks them,
-    // also without a workspace (the wide kernel runs).
-    if (t == DType::kF32 && !tiny) {
-      const std::vector<int> sorters =
-          dev.cluster_launch ? std::vector<int>{0, 1, 3, 8} : std::vector<int>{0, 1};
-      for (int beta : {16, 128}) {
+    // The slab kernels (float32) on lines of many nonzeros, in both layouts: an input axis of
+    // one part, and of several parts whose last one is short and ragged at the axis' end (of an
+    // odd length forward, which the batch-leading staging reads a value at a time), at the
+    // smallest and largest block sizes; ragged at n's end and at the last line; sorted by
+    // clusters of 1, 3 and 8 thread blocks and the heuristic's. The walk takes four lanes a row
+    // on these, and eight on an output of 120 rows (a row a group of lanes). Where the
+    // heuristic picks them, also without a workspace (the wide kernel runs). The tiny level
+    // (the sanitizers') keeps the input axis of several parts at the smallest block size.
+    if (t == DType::kF32) {
+      const std::vector<int> sorters = tiny                 ? std::vector<int>{0}
+                                       : dev.cluster_launch ? std::vector<int>{0, 1, 3, 8}
+                                                            : std::vector<int>{0, 1};
+      for (int beta : tiny ? std::vector<int>{16} : std::vector<int>{16, 128}) {
+        HostCsb parts = random_csb(300, 2501, beta, 0.2, t, rng);
         HostCsb one_part = random_csb(300, 1000, beta, 0.3, t, rng);
-        HostCsb parts = random_csb(300, 2500, beta, 0.2, t, rng);
         HostCsb short_out = random_csb(120, 2500, beta, 0.2, t, rng);
         for (int tr = 0; tr < 2; ++tr) {
-          for (int sorter : sorters) {
-            check_spmm(one_part, t, 37, tr, false, {sorter, SpmmKernel::kSlab}, rng, dev);
-            check_spmm(parts, t, 37, tr, false, {sorter, SpmmKernel::kSlab}, rng, dev);
+          for (int bl = 0; bl < 2; ++bl) {
+            for (int sorter : sorters) {
+              check_spmm(parts, t, 37, tr, bl, {sorter, SpmmKernel::kSlab}, rng, dev);
+              if (!tiny) check_spmm(one_part, t, 37, tr, bl, {sorter, SpmmKernel::kSlab}, rng, dev);
+            }
           }
         }
-        check_spmm(short_out, t, 37, false, false, {0, SpmmKernel::kSlab}, rng, dev);
+        for (int bl = 0; bl < 2 && !tiny; ++bl) {
+          check_spmm(short_out, t, 37, false, bl, {0, SpmmKernel::kSlab}, rng, dev);
+        }
       }
       HostCsb sparse = random_csb(4100, 1700, 64, 0.03, t, rng);
-      for (int64_t n : {1024, 1030}) check_spmm(sparse, t, n, false, false, {}, rng, dev);
-      check_spmm(sparse, t, 1024, false, false, {}, rng, dev, 0, /*with_workspace=*/false);
-      check_spmm(sparse, t, 1030, true, false, {0, SpmmKernel::kSlab}, rng, dev);
+      for (int bl = 0; bl < 2 && !tiny; ++bl) {
+        for (int64_t n : {1024, 1030}) check_spmm(sparse, t, n, false, bl, {}, rng, dev);
+        check_spmm(sparse, t, 1024, false, bl, {}, rng, dev, 0, /*with_workspace=*/false);
+        check_spmm(sparse, t, 1030, true, bl, {0, SpmmKernel::kSlab}, rng, dev);
+      }
     }
     // Repeated positions; at beta 128 (past the tiny level) also blocks of thousands of
     // nonzeros, which the transposed narrow walk cuts into bands of rows.
@@ -654,7 +663,7 @@ int run_check(int level, const DeviceInfo& dev) {
           for (int bl = 0; bl < 2; ++bl) {
             check_spmm(repeats, t, n, tr, bl, {0, SpmmKernel::kAuto}, rng, dev);
             for (SpmmKernel k : kFamilies) {
-              if (serves(k, repeats, t, bl)) {
+              if (serves(k, repeats, t)) {
                 check_spmm(repeats, t, n, tr, bl, {0, k}, rng, dev);
               }
             }
@@ -671,7 +680,7 @@ int run_check(int level, const DeviceInfo& dev) {
       for (int64_t n : {1, 16}) {
         for (int tr = 0; tr < 2; ++tr) {
           for (SpmmKernel k : kFamilies) {
-            if (serves(k, m, t, tr)) {
+            if (serves(k, m, t)) {
               check_spmm(m, t, n, tr, tr, {0, k}, rng, dev, /*shift=*/1);
             }
           }
