@@ -426,19 +426,18 @@ __device__ __forceinline__ void row_sums(const SlabParams& p, uint32_t slab,
   }
 }
 
-// A lane's 4 output values of `row` at columns c to c + 3 of n (feature-major), of those below
-// n: one 16-byte access where vec_ok.
-__device__ __forceinline__ void load_out(const SlabParams& p, int row, int64_t c, float (&v)[4]) {
-  const float* src = static_cast<const float*>(p.out) + int64_t{row} * p.n + c;
+// A lane's 4 output columns from c on (feature-major), of which those below n: one 16-byte
+// access where vec_ok.
+__device__ __forceinline__ void load_out(const SlabParams& p, const float* src, int64_t c,
+                                         float (&v)[4]) {
   if (p.vec_ok) {
     load_vec<float, 4>(src, v);
   } else {
     for (int i = 0; i < 4 && c + i < p.n; ++i) v[i] = src[i];
   }
 }
-__device__ __forceinline__ void store_out(const SlabParams& p, int row, int64_t c,
+__device__ __forceinline__ void store_out(const SlabParams& p, float* dst, int64_t c,
                                           const float (&v)[4]) {
-  float* dst = static_cast<float*>(p.out) + int64_t{row} * p.n + c;
   if (p.vec_ok) {
     store_vec<float, 4>(dst, v);
   } else {
@@ -536,16 +535,17 @@ __device__ void walk_rows(const SlabParams& p, uint32_t slab, float* out_tile,
         // Where this group has a row of the matrix; a part adds nothing to a row without
         // nonzeros in it.
         const bool writes = k < mine && row < p.out_dim && (!adds || begin < end);
+        float* const dst = static_cast<float*>(p.out) + int64_t{row} * p.n + n0;
 #pragma unroll
         for (int q = 0; q < G::kVecs; ++q) {
           const int64_t c = n0 + piece[q] * 4;
-          if (adds && writes && c < p.n) load_out(p, row, c, acc[q]);
+          if (adds && writes && c < p.n) load_out(p, dst + piece[q] * 4, c, acc[q]);
         }
         row_sums<kLanes>(p, slab, piece, begin, end, head, acc);
 #pragma unroll
         for (int q = 0; q < G::kVecs; ++q) {
           const int64_t c = n0 + piece[q] * 4;
-          if (writes && c < p.n) store_out(p, row, c, acc[q]);
+          if (writes && c < p.n) store_out(p, dst + piece[q] * 4, c, acc[q]);
         }
       }
       begin = next_begin;
