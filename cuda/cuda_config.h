@@ -260,8 +260,8 @@ constexpr bool slab_preferred(long long n, int beta, double density, long long o
          in_rows >= kSlabMinInRows && out_rows >= kSlabMinOutRows;
 }
 
-// Whether kernel family `kernel` can run a product of block size beta, value type and layout
-// (kAuto and the wide family run every one).
+// Whether kernel family `kernel` can run a product of block size beta and value type, in either
+// layout (kAuto and the wide family run every one).
 constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32) {
   switch (kernel) {
     case SpmmKernel::kSlab:
