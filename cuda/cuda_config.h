@@ -126,22 +126,21 @@ constexpr int kTensorMaxWarps = 4;
 
 constexpr bool tensor_cores_serve(int beta) { return beta <= kTensorMaxBeta; }
 
-// Whether the tensor cores take a product that they serve (tensor_cores_preferred, after the
-// split-n rule): every one with n > 1, and for float32, whose tensor cores take three TF32
-// products per multiply-add at any density, every one that holds at least kTensorMinDensityF32 of
-// its positions (the default block size is 64 or less from there up). At n = 1 a 16-column tile
-// wastes 15/16 of the work, and the narrow family's vector walk reads the weights once at near copy
-// speed (forward); 16-bit values still gain on the transposed walk there; float32 keeps the narrow
-// walk (its tensor cores take 0.7-1.4x its time on 4096^2 and 11008 x 4096 at densities 0.1-0.3).
-// Float32 on an H100 (kernel_check bench, feature-major / batch-leading): 4096^2, beta 64, density
-// 0.2, n = 16 and 64: 1.2-2.4x and 1.8-3.1x faster than the best CUDA-core kernel; 4096 x 1024, n =
-// 4096: beta 64, density 0.2, 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5,
-// 0.84-1.5x (the feature-major layout loses up to 1.19x there, the batch-leading one gains). Below
-// 1/8 the CUDA-core kernels follow the nonzeros down in the feature-major layout: beta 64 at
-// density 0.1, n = 4096, 0.61 against 0.72-0.82 ms; the DLMC ResNet-50 64 x 576 layer at 90% and
-// 95% (beta 64, n = 100352) 1.3-1.8x faster than the kernel whose warps split a line's blocks,
-// 0.92-1.32x the time of split n. The batch-leading layout has a lower line
-// (kTensorMinDensityF32BatchLeading).
+// Whether the tensor cores take a product that they serve (tensor_cores_preferred, below): every
+// one with n > 1, and for float32, whose tensor cores take three TF32 products per multiply-add
+// at any density, every one that holds at least kTensorMinDensityF32 of its positions (the default
+// block size is 64 or less from there up). At n = 1 a 16-column tile wastes 15/16 of the work, and
+// the narrow family's vector walk reads the weights once at near copy speed (forward); 16-bit
+// values still gain on the transposed walk there; float32 keeps the narrow walk (its tensor cores
+// take 0.7-1.4x its time on 4096^2 and 11008 x 4096 at densities 0.1-0.3). Float32 on an H100
+// (kernel_check bench, feature-major / batch-leading): 4096^2, beta 64, density 0.2, n = 16 and
+// 64: 1.2-2.4x and 1.8-3.1x faster than the best CUDA-core kernel; 4096 x 1024, n = 4096: beta 64,
+// density 0.2, 1.05-1.2x; beta 32, density 0.3, 1.0-1.5x; beta 16, density 0.5, 0.84-1.5x (the
+// feature-major layout loses up to 1.19x there, the batch-leading one gains). Below 1/8 the
+// CUDA-core kernels follow the nonzeros down in the feature-major layout: beta 64 at density 0.1, n
+// = 4096, 0.61 against 0.72-0.82 ms; the DLMC ResNet-50 64 x 576 layer at 90% and 95% (beta 64, n =
+// 100352) 1.3-1.8x faster than the kernel whose warps split a line's blocks, 0.92-1.32x the time of
+// split n. The batch-leading layout has a lower line (kTensorMinDensityF32BatchLeading).
 constexpr double kTensorMinDensityF32 = 0.125;
 
 // Whether the tensor cores' warps split n, sharing each expanded block (split_n_kernel), rather

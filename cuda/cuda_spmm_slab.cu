@@ -325,16 +325,18 @@ __device__ void stage_slab(const SlabParams& p, float* slab, int64_t row0, int64
     for (int r = warp * kRun; r < rows; r += kWarps * kRun) {
       const int64_t row = row0 + r;
       const float* src = dense + col * p.in_dim + row;
-      float v[kRun];
+      float v[kRun / 4][4];
       if (p.vec_ok && col < p.n && row + kRun <= p.in_dim) {
-        load_vec<float, 4>(src, reinterpret_cast<float (&)[4]>(v[0]));
-        load_vec<float, 4>(src + 4, reinterpret_cast<float (&)[4]>(v[4]));
+#pragma unroll
+        for (int h = 0; h < kRun / 4; ++h) load_vec<float, 4>(src + 4 * h, v[h]);
       } else {
 #pragma unroll
-        for (int i = 0; i < kRun; ++i) v[i] = col < p.n && row + i < p.in_dim ? src[i] : 0.0f;
+        for (int i = 0; i < kRun; ++i) {
+          v[i / 4][i % 4] = col < p.n && row + i < p.in_dim ? src[i] : 0.0f;
+        }
       }
 #pragma unroll
-      for (int i = 0; i < kRun; ++i) slab[(r + i) * kTile + lane] = v[i];
+      for (int i = 0; i < kRun; ++i) slab[(r + i) * kTile + lane] = v[i / 4][i % 4];
     }
   } else {
     constexpr int kCopies = kTile / 4;
@@ -640,16 +642,10 @@ cudaError_t launch_walk(const SlabParams& p, const DeviceInfo& dev, cudaStream_t
   // Raised once to the most any slab needs, for every later launch.
   cudaError_t err = allow_smem<kKernel>(dev.device, dev.max_smem_optin);
   if (err != cudaSuccess) return err;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(plan.groups), 1);
-  config.blockDim = dim3(kThreads, 1, 1);
-  config.dynamicSmemBytes = plan.smem;
-  config.stream = stream;
-  // Launched as the sort's programmatic dependent (slab_kernel waits for it after staging).
-  cudaLaunchAttribute attr = programmatic_attribute();
-  config.attrs = &attr;
-  config.numAttrs = 1;
-  return launch_kernel(config, kKernel, p);
+  // Thread block (n-tile, row group), as the sort's programmatic dependent (slab_kernel waits
+  // for it after staging).
+  return launch_lines(kKernel, p, tiles, 1, plan.groups, kThreads, plan.smem, stream,
+                      /*programmatic=*/true);
 }
 
 // Four lanes a row where each group walks at least two rows; else eight. A group that walks

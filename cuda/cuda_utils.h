@@ -119,19 +119,24 @@ inline cudaLaunchAttribute programmatic_attribute() {
 }
 
 // Launches kernel(params) on lines * csize x tiles thread blocks, in clusters of csize blocks
-// along x (one cluster per line).
+// along x (one cluster per line); `programmatic`: as the programmatic dependent of the kernel
+// ahead of it in the stream (programmatic_attribute).
 template <typename Params>
 cudaError_t launch_lines(void (*kernel)(Params), const Params& params, int64_t lines, int csize,
-                         int64_t tiles, int threads, size_t smem, cudaStream_t stream) {
+                         int64_t tiles, int threads, size_t smem, cudaStream_t stream,
+                         bool programmatic = false) {
   if (lines * csize > INT32_MAX) return cudaErrorInvalidConfiguration;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(lines * csize), static_cast<unsigned>(tiles), 1);
   config.blockDim = dim3(threads, 1, 1);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attr = cluster_attribute(csize);
-  config.attrs = &attr;
-  config.numAttrs = csize > 1 ? 1 : 0;
+  cudaLaunchAttribute attrs[2];
+  unsigned count = 0;
+  if (csize > 1) attrs[count++] = cluster_attribute(csize);
+  if (programmatic) attrs[count++] = programmatic_attribute();
+  config.attrs = attrs;
+  config.numAttrs = count;
   return launch_kernel(config, kernel, params);
 }
 
