@@ -191,8 +191,28 @@ constexpr long long kSplitNLongLine = 48;
 constexpr bool split_n_has_two_block_kernel(bool float32, int beta) {
   return float32 && beta == 64;
 }
-constexpr int split_n_min_blocks(bool float32, int beta, long long line_length) {
-  return split_n_has_two_block_kernel(float32, beta) && line_length > kSplitNLongLine ? 2 : 3;
+// positions: the most that one thread block of the line's cluster walks (rank_positions).
+constexpr int split_n_min_blocks(bool float32, int beta, long long positions) {
+  return split_n_has_two_block_kernel(float32, beta) && positions > kSplitNLongLine ? 2 : 3;
+}
+
+// The smallest cluster that float32 split n at block size 64 takes where the caller asks for
+// none: in the feature-major layout, lines of more than kSplitNLongLine blocks in clusters of two
+// or more, whose thread blocks each walk half the line or less on the kernel of three thread
+// blocks a multiprocessor (split_n_min_blocks), the cluster adding their partial tiles. On an
+// H100 (kernel_check bench, n = 4096 unless said; clusters of two against whole lines on the
+// kernel of two): 1024 x 4096 forward at density 0.3 0.613 against 0.663 ms, at 0.2 0.601
+// against 0.619; 4096 x 1024 transposed at 0.3 0.624 against 0.647; 4096^2 at 0.2, n = 1024,
+// 0.597 / 0.599 against 0.618 / 0.609 (forward / transposed), n = 4096 2.30 / 2.33 against
+// 2.37 / 2.40. The batch-leading layout, whose kernel of three spills, gains where the thread
+// blocks take two waves or fewer (0.65 against 0.69 ms at 1024 x 4096, density 0.3) and loses
+// at 4096^2, n = 4096 (2.43-2.45 against 2.32-2.33 ms), so it keeps whole lines.
+constexpr int split_n_smallest_cluster(bool float32, int beta, bool batch_leading,
+                                       long long line_length) {
+  return split_n_has_two_block_kernel(float32, beta) && !batch_leading &&
+                 line_length > kSplitNLongLine
+             ? 2
+             : 1;
 }
 
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)

@@ -702,17 +702,26 @@ template <typename T, int kBeta, bool kTranspose, bool kBatchLeading>
 cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_t stream,
                            const SpmmOptions& options) {
   using S = TensorShape<T, kBeta, 32, kBatchLeading>;
+  constexpr bool kFloat32 = std::is_same_v<T, float>;
   LineParams p{};
   set_line_params(a, &p);
+  WarpLaunch family = split_n_family<S>();
+  if (dev.cluster_launch) {
+    family.smallest_cluster =
+        split_n_smallest_cluster(kFloat32, kBeta, kBatchLeading, p.line_length);
+  }
   const auto run = [&](auto min_blocks) {
     constexpr int kMinBlocks = decltype(min_blocks)::value;
     return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading, kMinBlocks>>(
-        p, split_n_family<S>(), dev, stream, options);
+        p, family, dev, stream, options);
   };
-  constexpr bool kFloat32 = std::is_same_v<T, float>;
   // The kernel for two thread blocks a multiprocessor is built only where the rule can ask for it.
   if constexpr (split_n_has_two_block_kernel(kFloat32, kBeta)) {
-    if (split_n_min_blocks(kFloat32, kBeta, p.line_length) == 2) {
+    // The most positions that a thread block walks: a larger cluster of the launch's own choice
+    // gives it fewer.
+    const int cluster = options.cluster > 0 ? options.cluster : family.smallest_cluster;
+    const int64_t positions = rank_positions(p.line_length, cluster);
+    if (split_n_min_blocks(kFloat32, kBeta, positions) == 2) {
       return run(std::integral_constant<int, 2>{});
     }
   }

@@ -75,18 +75,18 @@ inline int64_t rank_positions(int64_t line_length, int cluster) {
 }
 
 // Thread blocks per cluster that split one line of a product: `requested` when given (1, 2, 4
-// or 8), else the largest power of two up to 8 with which `blocks` (lines x n-tiles) thread
-// blocks still run in one wave (slots(c): how many of them the GPU holds at once at cluster
-// size c), with at least `min_positions` of the line's positions each. A second wave would
-// take as long as the first with half the positions each, and add the cluster's reduction of
-// partial tiles.
+// or 8), else the largest power of two from `smallest` up to 8 with which `blocks` (lines x
+// n-tiles) thread blocks still run in one wave (slots(c): how many of them the GPU holds at once
+// at cluster size c), with at least `min_positions` of the line's positions each. A second wave
+// would take as long as the first with half the positions each, and add the cluster's reduction
+// of partial tiles.
 template <class Slots>
 cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks, int64_t line_length,
-                         int64_t min_positions, Slots slots, int* csize) {
+                         int64_t min_positions, Slots slots, int* csize, int smallest = 1) {
   int c = requested;
   if (c > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
   if (c <= 0) {
-    c = 1;
+    c = dev.cluster_launch ? smallest : 1;
     while (dev.cluster_launch && c < 8 && c * 2 * min_positions <= line_length &&
            blocks * c * 2 <= slots(c * 2)) {
       c *= 2;
@@ -226,6 +226,7 @@ struct WarpLaunch {
   // On lines of one CSB block, a thread block walks several tiles of n (the grid one wave deep),
   // expanding its block once.
   bool walk_one_block_lines = false;
+  int smallest_cluster = 1;  // the smallest cluster that the launch's own choice takes
 };
 
 // Whether `blocks` thread blocks, a line (tile) each, outnumber the multiprocessors by less than
@@ -292,7 +293,8 @@ cudaError_t launch_warp_lines(LineParams p, const WarpLaunch& family, const Devi
   if (requested <= 0 && family.slots == SlotCount::kOnePerSm) {
     requested = one_per_sm_cluster(dev, blocks, p.line_length);
   }
-  err = line_cluster(requested, dev, blocks, p.line_length, 2, slots, &p.cluster);
+  err = line_cluster(requested, dev, blocks, p.line_length, 2, slots, &p.cluster,
+                     family.smallest_cluster);
   if (err != cudaSuccess) return err;
   int64_t extent = tiles_y;
   if (family.walk_one_block_lines && p.line_length == 1 && p.cluster == 1) {

@@ -79,6 +79,15 @@ def test_block_size_option_rejects_a_size_jaxcsb_lacks(capsys):
     assert "--block-size: invalid choice: 48" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_gpu_without_the_cuda_kernels(monkeypatch, capsys):
+    # Timing the pure-JAX fallback on a GPU would report its times as jaxcsb's.
+    monkeypatch.setattr(cli.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(cli.jaxcsb, "native_platforms", lambda: frozenset({"cpu"}))
+    with pytest.raises(SystemExit):
+        cli.main(["--preset", "tiny"])
+    assert "CUDA kernels are not available" in capsys.readouterr().err
+
+
 def test_cli_rejects_preset_with_sweep_options(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--preset", "tiny", "--shapes", "64x64"])

@@ -612,11 +612,15 @@ int run_check(int level, const DeviceInfo& dev) {
       }
     }
     // Split n on lines longer than kSplitNLongLine, which float32 at beta 64 runs in a kernel of
-    // its own (split_n_min_blocks), ragged at the line's end and at n's.
+    // its own (split_n_min_blocks) or, in the feature-major layout, in halves over clusters of
+    // two (split_n_smallest_cluster; a cluster of one forced keeps the whole line), ragged at the
+    // line's end and at n's.
     if (!tiny) {
       HostCsb long_lines = random_csb(70, 64 * (kSplitNLongLine + 2) + 13, 64, 0.2, t, rng);
       for (int bl = 0; bl < 2; ++bl) {
-        check_spmm(long_lines, t, 300, false, bl, {0, SpmmKernel::kTensorSplitN}, rng, dev);
+        for (int cluster : {0, 1}) {
+          check_spmm(long_lines, t, 300, false, bl, {cluster, SpmmKernel::kTensorSplitN}, rng, dev);
+        }
       }
     }
     // The slab kernels (float32) on lines of many nonzeros, in both layouts: an input axis of

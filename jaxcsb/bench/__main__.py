@@ -221,6 +221,13 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     backend = jax.default_backend()
+    if backend == "gpu" and "cuda" not in jaxcsb.native_platforms():
+        parser.error(
+            "jax runs on a GPU but jaxcsb's CUDA kernels are not available, so every jaxcsb "
+            "time would be the pure-JAX fallback's: install jaxcsb with CUDA (README) and run "
+            "the installed jaxcsb-bench (`python -m jaxcsb.bench` in a source checkout "
+            "imports the checkout, which holds no built kernels)"
+        )
     custom = any(getattr(args, opt) is not None for opt in SWEEP_OPTIONS)
     if custom and args.preset:
         parser.error(f"give either --preset or sweep options ({', '.join(SWEEP_OPTIONS)})")
