@@ -180,13 +180,13 @@ constexpr bool tensor_cores_preferred(long long n, int beta, double density, boo
 }
 
 // Thread blocks a multiprocessor that split_n_kernel's registers must allow: the three that its
-// shared memory holds (58 KiB each for float32 at block size 64), which cap a thread at 168
-// registers, but two for float32 at block size 64 on lines of more than kSplitNLongLine blocks.
-// There the compiler takes 178 registers when left two thread blocks, and three against two
-// (H100, kernel_check bench, feature-major) take 0.77-0.84x the time on lines of 1 to 36 blocks
-// (64 x 576 transposed at n = 100352, 256 x 2304 forward at n = 6272), 0.93-0.96x on lines of
-// 4 to 16, and 1.03-1.09x on lines of 64 (4096^2 at n = 512 and 1024, 4096 x 1024 transposed
-// at n = 4096), whose thread blocks each walk 64 blocks at the lower register budget.
+// shared memory holds (72 KiB each for float32 at block size 64), which cap a thread at 168
+// registers, but two for float32 at block size 64 where a thread block walks more than
+// kSplitNLongLine blocks of a line. On an H100 (kernel_check bench, float32 on wgmma, whole lines
+// of 64 blocks, three thread blocks against two): feature-major 1.09-1.11x the time (1024 x
+// 4096 forward at density 0.3, n = 4096: 0.669 against 0.613 ms; 4096^2 at 0.2, n = 1024),
+// batch-leading 1.04-1.14x but at 4096^2, n = 4096, 0.86x. Halves of such lines in clusters
+// (split_n_smallest_cluster) beat both.
 constexpr long long kSplitNLongLine = 48;
 constexpr bool split_n_has_two_block_kernel(bool float32, int beta) {
   return float32 && beta == 64;
@@ -197,22 +197,17 @@ constexpr int split_n_min_blocks(bool float32, int beta, long long positions) {
 }
 
 // The smallest cluster that float32 split n at block size 64 takes where the caller asks for
-// none: in the feature-major layout, lines of more than kSplitNLongLine blocks in clusters of two
-// or more, whose thread blocks each walk half the line or less on the kernel of three thread
-// blocks a multiprocessor (split_n_min_blocks), the cluster adding their partial tiles. On an
-// H100 (kernel_check bench, n = 4096 unless said; clusters of two against whole lines on the
-// kernel of two): 1024 x 4096 forward at density 0.3 0.613 against 0.663 ms, at 0.2 0.601
-// against 0.619; 4096 x 1024 transposed at 0.3 0.624 against 0.647; 4096^2 at 0.2, n = 1024,
-// 0.597 / 0.599 against 0.618 / 0.609 (forward / transposed), n = 4096 2.30 / 2.33 against
-// 2.37 / 2.40. The batch-leading layout, whose kernel of three spills, gains where the thread
-// blocks take two waves or fewer (0.65 against 0.69 ms at 1024 x 4096, density 0.3) and loses
-// at 4096^2, n = 4096 (2.43-2.45 against 2.32-2.33 ms), so it keeps whole lines.
-constexpr int split_n_smallest_cluster(bool float32, int beta, bool batch_leading,
-                                       long long line_length) {
-  return split_n_has_two_block_kernel(float32, beta) && !batch_leading &&
-                 line_length > kSplitNLongLine
-             ? 2
-             : 1;
+// none: lines of more than kSplitNLongLine blocks in clusters of two or more, whose thread blocks
+// each walk half the line or less on the kernel of three thread blocks a multiprocessor
+// (split_n_min_blocks), the cluster adding their partial tiles. On an H100 (kernel_check bench,
+// float32 on wgmma, lines of 64 blocks; clusters of two against whole lines on the kernel of
+// two, ms): feature-major 1024 x 4096 forward at density 0.3, n = 4096, 0.535 against 0.613,
+// 4096^2 at 0.3 2.06 against 2.34-2.45, at 0.2 and n = 1024 0.51 against 0.55-0.57;
+// batch-leading 1024 x 4096 forward 0.623 against 0.690, 4096 x 1024 transposed 0.651 against
+// 0.678, 4096^2 at 0.3 2.23-2.29 against 2.49-2.55, at 0.2 and n = 1024 0.56-0.59 against
+// 0.61-0.62. Lines of 16 blocks lose in halves (1.05-1.3x), so they stay whole.
+constexpr int split_n_smallest_cluster(bool float32, int beta, long long line_length) {
+  return split_n_has_two_block_kernel(float32, beta) && line_length > kSplitNLongLine ? 2 : 1;
 }
 
 // SDDMM on tensor cores (cuda_sddmm_tensor.h): a thread block per CSB block (or 2 x 2 of them)

@@ -86,6 +86,64 @@ __device__ __forceinline__ void mma_16x8x8_3xtf32(float (&acc)[4], const uint32_
   mma_16x8x8_tf32(acc, a_big, b_big);
 }
 
+// wgmma, the tensor cores' asynchronous products of a warpgroup (four warps), needs the sm_90a
+// target; where the kernels are built without it, their callers take mma.sync instead.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define JAXCSB_WGMMA 1
+
+// The descriptor of a matrix operand in shared memory at `addr`, K-major without swizzle: core
+// matrices of 8 rows by 16 bytes, each stored contiguously, `lead_bytes` apart along K and
+// `stride_bytes` apart along the rows.
+__device__ __forceinline__ uint64_t wgmma_descriptor(unsigned addr, unsigned lead_bytes,
+                                                     unsigned stride_bytes) {
+  const auto encode = [](unsigned x) { return uint64_t{(x & 0x3ffffu) >> 4}; };
+  return encode(addr) | encode(lead_bytes) << 16 | encode(stride_bytes) << 32;
+}
+
+// Orders this thread's register writes before the warpgroup's next wgmma reads them.
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+// Waits until at most kPending of the warpgroup's committed wgmma groups are not done; a group
+// done has read its registers and shared memory.
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+
+// acc (64 x 64 over the warpgroup, float32) += a (64 x 8, TF32, from registers: warp w holds rows
+// 16 w..16 w + 15 in the fragment layout of mma.m16n8k8) * b (8 x 64, TF32, K-major in shared
+// memory at `b`). Warp w's accumulators hold rows 16 w.. as eight mma.m16n8 accumulators, one
+// for each 8 columns.
+__device__ __forceinline__ void wgmma_64x64x8_tf32(float (&acc)[32], const uint32_t (&a)[4],
+                                                   uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred add;\nsetp.ne.b32 add, %37, 0;\n"  // acc += a b, not acc = a b
+      "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, add, 1, 1;\n}\n"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3]), "+f"(acc[4]), "+f"(acc[5]),
+        "+f"(acc[6]), "+f"(acc[7]), "+f"(acc[8]), "+f"(acc[9]), "+f"(acc[10]), "+f"(acc[11]),
+        "+f"(acc[12]), "+f"(acc[13]), "+f"(acc[14]), "+f"(acc[15]), "+f"(acc[16]), "+f"(acc[17]),
+        "+f"(acc[18]), "+f"(acc[19]), "+f"(acc[20]), "+f"(acc[21]), "+f"(acc[22]), "+f"(acc[23]),
+        "+f"(acc[24]), "+f"(acc[25]), "+f"(acc[26]), "+f"(acc[27]), "+f"(acc[28]), "+f"(acc[29]),
+        "+f"(acc[30]), "+f"(acc[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+#endif
+
+// Makes this thread's stores to shared memory visible to the tensor cores' asynchronous reads
+// (wgmma), after a barrier of the threads that stored.
+__device__ __forceinline__ void fence_async_shared() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 // The A operand of mma_16x8x8_3xtf32 (rows m0..m0+15, k0..k0+7), split: value(m, k) reads the
 // tile. The fragment layout of mma.m16n8k8 (TF32): lane 4 g + t holds rows g and g + 8,
 // columns t and t + 4.

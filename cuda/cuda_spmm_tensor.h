@@ -25,12 +25,16 @@
 // warp order, and the blocks of a cluster in rank order (as the narrow family): every sum has a
 // fixed order, with no atomics and no workspace. Where n is long and lines short, the warps
 // split n instead (split_n_kernel): the thread block expands each block once for all of its
-// warps, each multiplies it by its own slice of D, and no warp adds another's tile.
+// warps, each multiplies it by its own slice of D, and no warp adds another's tile. There, float32
+// blocks of 64 are expanded already split into their TF32 parts, and the four warps multiply
+// them together as a warpgroup on wgmma (multiply_split_block; mma.sync where the kernels are
+// built without sm_90a).
 // Repeated positions (allowed, summed) are added in float32 in storage order and rounded once
 // to T in the tile.
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_config.h"
@@ -48,6 +52,7 @@ namespace tensor_detail {
 // t, column g), by 4 values where rows advance with g and 8 where they advance with t.
 template <typename T, int kBeta_, int kTile_, bool kBatchLeading>
 struct TensorShape {
+  using Value = T;
   static constexpr int kBeta = kBeta_;
   static constexpr int kTile = kTile_;
   static constexpr bool kTf32 = std::is_same_v<T, float>;
@@ -121,6 +126,46 @@ __device__ __forceinline__ ValueBits<T> value_bits(const Piece<T>& piece, int i)
   }
 }
 
+// The bits of a value of type T.
+template <typename T>
+__device__ __forceinline__ ValueBits<T> bits_of(T v) {
+  ValueBits<T> bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+// Where the expansion stores a block's values in shared memory. RowMajorTile: as T, [out][in]
+// with row stride S::kAStride, as the multiplies of 16-bit values and of mma.sync read it.
+template <typename T, class S>
+struct RowMajorTile {
+  static constexpr size_t kBytes = S::kABytes;
+  __device__ static void store(T* a, int out, int in, ValueBits<T> bits) {
+    reinterpret_cast<ValueBits<T>*>(a)[out * S::kAStride + in] = bits;
+  }
+  __device__ static void publish() {}
+};
+
+// SplitTile: float32 values split into their TF32 parts (split_tf32) as wgmma reads its B
+// operand, K-major without swizzle: the big parts, then the small ones, each [out][in] in core
+// matrices of 8 rows of out by 4 values of in (16 bytes, stored contiguously), kLeadBytes apart
+// along in and kStrideBytes apart along out. A zeroed tile holds zero parts.
+template <int kBeta>
+struct SplitTile {
+  static constexpr int kValues = kBeta * kBeta;  // in each part
+  static constexpr size_t kBytes = 2 * size_t{kValues} * sizeof(float);
+  static constexpr unsigned kLeadBytes = 128, kStrideBytes = kBeta / 4 * kLeadBytes;
+  // The index of value (out, in) in a part.
+  __device__ static int offset(int out, int in) {
+    return out / 8 * (kStrideBytes / 4) + in / 4 * (kLeadBytes / 4) + out % 8 * 4 + in % 4;
+  }
+  __device__ static void store(float* a, int out, int in, uint32_t bits) {
+    uint32_t* parts = reinterpret_cast<uint32_t*>(a) + offset(out, in);
+    split_tf32(__uint_as_float(bits), parts[0], parts[kValues]);
+  }
+  // Makes the thread's stores visible to wgmma, which reads the tile after a barrier.
+  __device__ static void publish() { fence_async_shared(); }
+};
+
 // Whether a local index lies inside a block of kBeta x kBeta: both of its bytes below kBeta.
 template <int kBeta>
 __device__ __forceinline__ bool in_block(unsigned local) {
@@ -186,26 +231,25 @@ struct BlockGroup {
   __device__ static bool sync_any(bool x) { return __syncthreads_or(x); }
 };
 
-// Zeroes the expanded block `a`, the threads of group G in turn.
-template <typename T, class S, class G>
+// Zeroes the expanded block `a` (kBytes), the threads of group G in turn.
+template <typename T, class S, class G, size_t kBytes = S::kABytes>
 __device__ __forceinline__ void zero_block(T* a) {
-  constexpr int kPieces = S::kABytes / 16;
+  constexpr int kPieces = kBytes / 16;
   uint4* a4 = reinterpret_cast<uint4*>(a);
   for (int i = G::rank(); i < kPieces; i += G::size()) a4[i] = make_uint4(0, 0, 0, 0);
 }
 
-// Stores the block's nonzeros (positions [e0, e1) of local/values) into the zeroed tile
-// a[out][in], by the threads of group G; returns whether this thread met repeated positions,
-// which it left to sum_repeats. Thread r of the group takes the pieces at positions
+// Stores the block's nonzeros (positions [e0, e1) of local/values) into the zeroed tile `a`
+// (stored as Tile says), by the threads of group G; returns whether this thread met repeated
+// positions, which it left to sum_repeats. Thread r of the group takes the pieces at positions
 // first + 8 (size u + r) (first: e0 rounded down to a multiple of 8, so that the pieces are
 // 16-byte loads) and stores the entries of each that lie in [e0, e1). Positions are 32-bit:
 // block_ptr is, so every position fits.
-template <typename T, class S, bool kTranspose, class G>
+template <typename T, class S, bool kTranspose, class G, class Tile = RowMajorTile<T, S>>
 __device__ __forceinline__ bool scatter_block(const uint16_t* local, const T* values, int e0,
                                               int e1, int64_t nnz, bool vec, T* a) {
   constexpr int kPasses = 2;  // 16 positions per thread per round of loads
   const int rank = G::rank(), size = G::size();
-  ValueBits<T>* tile = reinterpret_cast<ValueBits<T>*>(a);  // entries are stored as their bits
   bool repeats = false;
   for (int first = e0 / 8 * 8; first < e1; first += 8 * size * kPasses) {
     Piece<T> pieces[kPasses];
@@ -233,18 +277,19 @@ __device__ __forceinline__ bool scatter_block(const uint16_t* local, const T* va
         const bool repeated = inside && i + 1 < hi && next == l;
         repeats |= repeated;
         if (inside && !repeated) {
-          tile[local_out(l, kTranspose) * S::kAStride + local_in(l, kTranspose)] =
-              value_bits(pieces[u], i);
+          Tile::store(a, local_out(l, kTranspose), local_in(l, kTranspose),
+                      value_bits(pieces[u], i));
         }
       }
     }
   }
+  Tile::publish();
   return repeats;
 }
 
 // Stores each run of repeated positions of [e0, e1) into a as its sum, added in float32 in
 // storage order (one thread).
-template <typename T, class S, bool kTranspose>
+template <typename T, class S, bool kTranspose, class Tile>
 __device__ __forceinline__ void sum_repeats(const uint16_t* local, const T* values, int e0, int e1,
                                             T* a) {
   float sum = 0.0f;
@@ -253,19 +298,21 @@ __device__ __forceinline__ void sum_repeats(const uint16_t* local, const T* valu
     sum += to_float(values[k]);
     if (k + 1 < e1 && __ldg(local + k + 1) == l) continue;
     if (in_block<S::kBeta>(l)) {
-      a[local_out(l, kTranspose) * S::kAStride + local_in(l, kTranspose)] = from_float<T>(sum);
+      Tile::store(a, local_out(l, kTranspose), local_in(l, kTranspose),
+                  bits_of(from_float<T>(sum)));
     }
     sum = 0.0f;
   }
+  Tile::publish();
 }
 
 // The end of scatter_block: a barrier of group G, after which the tile is complete (with the
 // repeated positions summed where any thread met them).
-template <typename T, class S, bool kTranspose, class G>
+template <typename T, class S, bool kTranspose, class G, class Tile = RowMajorTile<T, S>>
 __device__ __forceinline__ void finish_block(bool repeats, const uint16_t* local, const T* values,
                                              int e0, int e1, T* a) {
   if (G::sync_any(repeats)) {
-    if (G::rank() == 0) sum_repeats<T, S, kTranspose>(local, values, e0, e1, a);
+    if (G::rank() == 0) sum_repeats<T, S, kTranspose, Tile>(local, values, e0, e1, a);
     G::sync();
   }
 }
@@ -352,6 +399,118 @@ __device__ __forceinline__ void multiply_tile(const T* a, const T* slice,
     multiply_block_3xtf32<S, kBatchLeading>(a, slice, acc);
   } else {
     multiply_block<T, S, kBatchLeading>(a, slice, acc);
+  }
+}
+
+// acc += the block (a SplitTile at `tile`) times the warp's slice of D, float32 in three TF32
+// products, computed transposed: the slice's transpose (n x in) times the block's (in x out). So
+// the slice, split in registers, is the A operand, and the block, split once for all the warps
+// as it is expanded, the B operand, which wgmma reads from shared memory only K-major for TF32:
+// the block's [out][in] is, D's [in][n] is not. The thread block's four warps are wgmma's
+// warpgroup; its M-tile j is columns 16 j..16 j + 15 of each warp's slice. The accumulators hold
+// the tile transposed (sum_position). A warp past n (`active` false) multiplies zeros with the
+// others. Built without wgmma, the same products run on mma.sync.
+template <class S, bool kBatchLeading>
+__device__ __forceinline__ void multiply_split_block(const float* tile, const float* slice,
+                                                     bool active,
+                                                     float (&acc)[S::kStrips][S::kNTiles][4]) {
+  using Tile = SplitTile<S::kBeta>;
+  static_assert(S::kBeta == 64 && S::kTile == 32 && kTensorMaxWarps == 4,
+                "a warpgroup's 64 x 64 products over 32 columns of each warp");
+  constexpr int kMTiles = S::kTile / 16;
+  // The slice is [in][n] for row-major D, [n][in] for the batch-leading layout.
+  // A warp past n masks its slice's bits (a branch there would make wgmma wait for each product).
+  const uint32_t mask = active ? ~0u : 0u;
+  auto slice_value = [&](int n, int k) {
+    const float v = kBatchLeading ? slice[n * S::kBStride + k] : slice[k * S::kBStride + n];
+    return __uint_as_float(__float_as_uint(v) & mask);
+  };
+#if defined(JAXCSB_WGMMA)
+  const unsigned big = smem_addr(tile), small = big + Tile::kBytes / 2;
+#pragma unroll
+  for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
+    uint32_t a_big[kMTiles][4], a_small[kMTiles][4];
+#pragma unroll
+    for (int j = 0; j < kMTiles; ++j) split_a_tf32(slice_value, 16 * j, k0, a_big[j], a_small[j]);
+    const unsigned step = k0 / 4 * Tile::kLeadBytes;
+    const uint64_t b_big = wgmma_descriptor(big + step, Tile::kLeadBytes, Tile::kStrideBytes);
+    const uint64_t b_small = wgmma_descriptor(small + step, Tile::kLeadBytes, Tile::kStrideBytes);
+    wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < kMTiles; ++j) {
+      // M-tile j's 32 accumulators a thread: acc[2 j] and acc[2 j + 1].
+      float (&sums)[32] = reinterpret_cast<float (&)[32]>(acc[2 * j]);
+      wgmma_64x64x8_tf32(sums, a_big[j], b_small);  // the small terms first, as mma_16x8x8_3xtf32
+      wgmma_64x64x8_tf32(sums, a_small[j], b_big);
+      wgmma_64x64x8_tf32(sums, a_big[j], b_big);
+    }
+    wgmma_commit();
+    // The fragments of one step in flight while the next are split: two steps' registers.
+    wgmma_wait<1>();
+  }
+  wgmma_wait<0>();
+#else
+  const uint32_t* parts = reinterpret_cast<const uint32_t*>(tile);
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
+    uint32_t a_big[kMTiles][4], a_small[kMTiles][4];
+#pragma unroll
+    for (int j = 0; j < kMTiles; ++j) split_a_tf32(slice_value, 16 * j, k0, a_big[j], a_small[j]);
+#pragma unroll
+    for (int q = 0; q < S::kBeta / 8; ++q) {  // 8 output rows of the block at a time
+      uint32_t b_big[2], b_small[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int at = Tile::offset(8 * q + g, k0 + t + 4 * h);
+        b_big[h] = parts[at];
+        b_small[h] = parts[at + Tile::kValues];
+      }
+#pragma unroll
+      for (int j = 0; j < kMTiles; ++j) {
+        mma_16x8x8_3xtf32(acc[2 * j + q / 4][q % 4], a_big[j], a_small[j], b_big, b_small);
+      }
+    }
+  }
+#endif
+}
+
+// Where sum i (0..3) of accumulator [s][nt] of a warp lies in its tile: output row `out` of the
+// line's block, column n of the warp's kTile. As mma.m16n8 leaves them: strip s of 16 rows,
+// piece nt of 8 columns; with kTransposed, as multiply_split_block does: M-tile s / 2 of 16
+// columns, pieces (s % 2) * 4 + nt of 8 rows. The sums i and i + 1 (i even) are neighbours
+// along n, or with kTransposed along out.
+struct SumPosition {
+  int out, n;
+};
+template <bool kTransposed>
+__device__ __forceinline__ SumPosition sum_position(int s, int nt, int i) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  if constexpr (kTransposed) {
+    return {8 * (s % 2 * 4 + nt) + 2 * t + i % 2, 16 * (s / 2) + g + 8 * (i / 2)};
+  } else {
+    return {16 * s + g + 8 * (i / 2), 8 * nt + 2 * t + i % 2};
+  }
+}
+
+// Stores the warp's sums (sum_position) into part[out][n] (row stride `stride`).
+template <class S, bool kTransposed>
+__device__ __forceinline__ void store_warp_sums(const float (&acc)[S::kStrips][S::kNTiles][4],
+                                                float* part, int stride) {
+#pragma unroll
+  for (int s = 0; s < S::kStrips; ++s) {
+#pragma unroll
+    for (int nt = 0; nt < S::kNTiles; ++nt) {
+      if constexpr (kTransposed) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const SumPosition at = sum_position<true>(s, nt, i);
+          part[at.out * stride + at.n] = acc[s][nt][i];
+        }
+      } else {
+        store_accumulator(part + s * 16 * stride + nt * 8, stride, acc[s][nt]);
+      }
+    }
   }
 }
 
@@ -496,12 +655,18 @@ struct SplitNShape {
   static constexpr int kWarps = kTensorMaxWarps;
   static constexpr int kWidth = kWarps * S::kTile;
   static constexpr int kPartStride = kWidth + 4;
+  // Float32 blocks of 64 are expanded split into TF32 parts, for multiply_split_block; the others
+  // as T, for multiply_tile.
+  static constexpr bool kSplitTile = S::kTf32 && S::kBeta == 64;
+  using Tile =
+      std::conditional_t<kSplitTile, SplitTile<S::kBeta>, RowMajorTile<typename S::Value, S>>;
+  static constexpr size_t kTileBytes = Tile::kBytes;
   static constexpr size_t kSlicesBytes = size_t{kWarps} * S::kSliceBytes;
   static constexpr size_t kPartBytes = size_t{S::kBeta} * kPartStride * 4;
-  static constexpr size_t kBytes = S::kABytes + std::max(kPartBytes, kSlicesBytes);
+  static constexpr size_t kBytes = kTileBytes + std::max(kPartBytes, kSlicesBytes);
 
   static_assert(S::kTile == S::kPartWidth, "a lane per column of the tile in the exact path");
-  static_assert(S::kABytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
+  static_assert(kTileBytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
 };
 
 // The slow path for non-finite sums of split_n_kernel: the warp's columns [n0, n0 + kTile) of
@@ -536,25 +701,32 @@ __device__ __forceinline__ void split_n_exact(const LineParams& p, int64_t line,
 // slice's layout (the output tile has the slice's shape, [out][n] or [n][out]), then writes
 // rows of 16-byte pieces, so that every store fills whole sectors whatever T is. No other warp
 // takes part, so no barrier of the thread block.
-template <typename T, class S, bool kBatchLeading>
+template <typename T, class S, bool kBatchLeading, bool kTransposed>
 __device__ __forceinline__ void write_warp_tile(const LineParams& p,
                                                 const float (&acc)[S::kStrips][S::kNTiles][4],
                                                 T* tile, int64_t line, int64_t n0) {
   static_assert(S::kBStride * sizeof(T) % 16 == 0, "staged rows start on 16-byte boundaries");
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32;
+  // The staged tile is [out][n], or [n][out] in the batch-leading layout.
+  const auto staged = [](int out, int n) {
+    return kBatchLeading ? n * S::kBStride + out : out * S::kBStride + n;
+  };
 #pragma unroll
   for (int s = 0; s < S::kStrips; ++s) {
 #pragma unroll
     for (int nt = 0; nt < S::kNTiles; ++nt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int r = s * 16 + g + 8 * h, c = nt * 8 + 2 * t;
+        const SumPosition at = sum_position<kTransposed>(s, nt, 2 * h);
         const float v[2] = {acc[s][nt][2 * h], acc[s][nt][2 * h + 1]};
-        if constexpr (kBatchLeading) {
-          tile[c * S::kBStride + r] = from_float<T>(v[0]);
-          tile[(c + 1) * S::kBStride + r] = from_float<T>(v[1]);
+        if constexpr (kBatchLeading == kTransposed) {  // the pair lies along a staged row
+          store_vec<T, 2>(tile + staged(at.out, at.n), v);
         } else {
-          store_vec<T, 2>(tile + r * S::kBStride + c, v);
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            tile[staged(at.out + (kTransposed ? b : 0), at.n + (kTransposed ? 0 : b))] =
+                from_float<T>(v[b]);
+          }
         }
       }
     }
@@ -589,12 +761,13 @@ template <typename T, class S, bool kTranspose, bool kBatchLeading, int kMinBloc
 __global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
     split_n_kernel(const LineParams p) {
   using N = SplitNShape<S>;
+  using Tile = typename N::Tile;
   constexpr int kBeta = S::kBeta;
   extern __shared__ __align__(16) unsigned char smem_b[];
   const int warp = threadIdx.x / 32;
   T* a = reinterpret_cast<T*>(smem_b);
-  T* slice = reinterpret_cast<T*>(smem_b + S::kABytes + warp * S::kSliceBytes);
-  float* part = reinterpret_cast<float*>(smem_b + S::kABytes);  // after the line's last multiply
+  T* slice = reinterpret_cast<T*>(smem_b + N::kTileBytes + warp * S::kSliceBytes);
+  float* part = reinterpret_cast<float*>(smem_b + N::kTileBytes);  // after the line's last multiply
 
   const auto [line, pos_begin, pos_end] = line_part(p);
   if (line >= p.num_lines) return;  // uniform over the cluster
@@ -625,15 +798,19 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
       if (e0 < e1) {  // uniform over the thread block
         if (active) copy_slice<T, S, kBatchLeading>(p, slice, int64_t{pos} * kBeta, n0, vec);
         if (expand) {
-          zero_block<T, S, BlockGroup>(a);
+          zero_block<T, S, BlockGroup, N::kTileBytes>(a);
           __syncthreads();
-          const bool repeats = scatter_block<T, S, kTranspose, BlockGroup>(p.local, values, e0, e1,
-                                                                           p.nnz, vec_nonzeros, a);
-          finish_block<T, S, kTranspose, BlockGroup>(repeats, p.local, values, e0, e1, a);
+          const bool repeats = scatter_block<T, S, kTranspose, BlockGroup, Tile>(
+              p.local, values, e0, e1, p.nnz, vec_nonzeros, a);
+          finish_block<T, S, kTranspose, BlockGroup, Tile>(repeats, p.local, values, e0, e1, a);
         }
         cp_async_wait_all();
         __syncwarp();
-        if (active) multiply_tile<T, S, kBatchLeading>(a, slice, acc);
+        if constexpr (N::kSplitTile) {
+          multiply_split_block<S, kBatchLeading>(a, slice, active, acc);
+        } else if (active) {
+          multiply_tile<T, S, kBatchLeading>(a, slice, acc);
+        }
         // The next position rewrites the block and the slices; after the last one, the barrier
         // below frees them.
         if (pos + 1 < pos_end) __syncthreads();
@@ -646,19 +823,13 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
     // Alone on its line, with finite sums everywhere, each warp writes its own sums and goes on
     // to its next tile at once.
     if (p.cluster == 1 && all_finite) {
-      write_warp_tile<T, S, kBatchLeading>(p, acc, slice, line, n0);
+      write_warp_tile<T, S, kBatchLeading, N::kSplitTile>(p, acc, slice, line, n0);
       continue;
     }
     // The partial tile reuses the slices' space, which the last barrier freed.
     float* mine = part + warp * S::kTile;
     if (finite) {
-#pragma unroll
-      for (int s = 0; s < S::kStrips; ++s) {
-#pragma unroll
-        for (int nt = 0; nt < S::kNTiles; ++nt) {
-          store_accumulator(mine + s * 16 * N::kPartStride + nt * 8, N::kPartStride, acc[s][nt]);
-        }
-      }
+      store_warp_sums<S, N::kSplitTile>(acc, mine, N::kPartStride);
     } else {
       split_n_exact<T, S, kTranspose, kBatchLeading>(p, line, pos_begin, pos_end, n0, mine,
                                                      N::kPartStride);
@@ -707,8 +878,7 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
   set_line_params(a, &p);
   WarpLaunch family = split_n_family<S>();
   if (dev.cluster_launch) {
-    family.smallest_cluster =
-        split_n_smallest_cluster(kFloat32, kBeta, kBatchLeading, p.line_length);
+    family.smallest_cluster = split_n_smallest_cluster(kFloat32, kBeta, p.line_length);
   }
   const auto run = [&](auto min_blocks) {
     constexpr int kMinBlocks = decltype(min_blocks)::value;

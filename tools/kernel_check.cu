@@ -612,9 +612,8 @@ int run_check(int level, const DeviceInfo& dev) {
       }
     }
     // Split n on lines longer than kSplitNLongLine, which float32 at beta 64 runs in a kernel of
-    // its own (split_n_min_blocks) or, in the feature-major layout, in halves over clusters of
-    // two (split_n_smallest_cluster; a cluster of one forced keeps the whole line), ragged at the
-    // line's end and at n's.
+    // its own (split_n_min_blocks) or in halves over clusters of two (split_n_smallest_cluster;
+    // a cluster of one forced keeps the whole line), ragged at the line's end and at n's.
     if (!tiny) {
       HostCsb long_lines = random_csb(70, 64 * (kSplitNLongLine + 2) + 13, 64, 0.2, t, rng);
       for (int bl = 0; bl < 2; ++bl) {
