@@ -1,8 +1,8 @@
 // Tensor-core building blocks, shared by the SpMM and the SDDMM on tensor cores: mma.m16n8k16
 // on 16-bit values (bfloat16, float16) with its operands' fragments read from shared memory
 // with ldmatrix, mma.m16n8k8 on TF32 parts of float32 values (three products for float32
-// accuracy), float32 accumulators stored to shared memory, and tiles copied into shared memory
-// with cp.async.
+// accuracy), wgmma.m64n64k8 on TF32 parts with its B operand in shared memory (sm_90a), float32
+// accumulators stored to shared memory, and tiles copied into shared memory with cp.async.
 // Included only from .cu files.
 #pragma once
 
