@@ -425,13 +425,17 @@ __device__ __forceinline__ void multiply_split_block(const float* tile, const fl
     const float v = kBatchLeading ? slice[n * S::kBStride + k] : slice[k * S::kBStride + n];
     return __uint_as_float(__float_as_uint(v) & mask);
   };
+  // The A fragments of every M-tile for the step of k at k0, split.
+  auto split_slice = [&](int k0, uint32_t (&big)[kMTiles][4], uint32_t (&small)[kMTiles][4]) {
+#pragma unroll
+    for (int j = 0; j < kMTiles; ++j) split_a_tf32(slice_value, 16 * j, k0, big[j], small[j]);
+  };
 #if defined(JAXCSB_WGMMA)
   const unsigned big = smem_addr(tile), small = big + Tile::kBytes / 2;
 #pragma unroll
   for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
     uint32_t a_big[kMTiles][4], a_small[kMTiles][4];
-#pragma unroll
-    for (int j = 0; j < kMTiles; ++j) split_a_tf32(slice_value, 16 * j, k0, a_big[j], a_small[j]);
+    split_slice(k0, a_big, a_small);
     const unsigned step = k0 / 4 * Tile::kLeadBytes;
     const uint64_t b_big = wgmma_descriptor(big + step, Tile::kLeadBytes, Tile::kStrideBytes);
     const uint64_t b_small = wgmma_descriptor(small + step, Tile::kLeadBytes, Tile::kStrideBytes);
@@ -455,8 +459,7 @@ __device__ __forceinline__ void multiply_split_block(const float* tile, const fl
 #pragma unroll
   for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
     uint32_t a_big[kMTiles][4], a_small[kMTiles][4];
-#pragma unroll
-    for (int j = 0; j < kMTiles; ++j) split_a_tf32(slice_value, 16 * j, k0, a_big[j], a_small[j]);
+    split_slice(k0, a_big, a_small);
 #pragma unroll
     for (int q = 0; q < S::kBeta / 8; ++q) {  // 8 output rows of the block at a time
       uint32_t b_big[2], b_small[2];
@@ -877,9 +880,7 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
   LineParams p{};
   set_line_params(a, &p);
   WarpLaunch family = split_n_family<S>();
-  if (dev.cluster_launch) {
-    family.smallest_cluster = split_n_smallest_cluster(kFloat32, kBeta, p.line_length);
-  }
+  family.smallest_cluster = split_n_smallest_cluster(kFloat32, kBeta, p.line_length);
   const auto run = [&](auto min_blocks) {
     constexpr int kMinBlocks = decltype(min_blocks)::value;
     return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading, kMinBlocks>>(
@@ -889,7 +890,7 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
   if constexpr (split_n_has_two_block_kernel(kFloat32, kBeta)) {
     // The most positions that a thread block walks: a larger cluster of the launch's own choice
     // gives it fewer.
-    const int cluster = options.cluster > 0 ? options.cluster : family.smallest_cluster;
+    const int cluster = smallest_line_cluster(options.cluster, dev, family.smallest_cluster);
     const int64_t positions = rank_positions(p.line_length, cluster);
     if (split_n_min_blocks(kFloat32, kBeta, positions) == 2) {
       return run(std::integral_constant<int, 2>{});

@@ -74,6 +74,13 @@ inline int64_t rank_positions(int64_t line_length, int cluster) {
   return ceil_div(line_length, cluster);
 }
 
+// The smallest cluster that a launch of lines takes: `requested` when given, else `smallest`
+// where the device launches clusters, else 1. line_cluster's own choice starts there.
+inline int smallest_line_cluster(int requested, const DeviceInfo& dev, int smallest) {
+  if (requested > 0) return requested;
+  return dev.cluster_launch ? smallest : 1;
+}
+
 // Thread blocks per cluster that split one line of a product: `requested` when given (1, 2, 4
 // or 8), else the largest power of two from `smallest` up to 8 with which `blocks` (lines x
 // n-tiles) thread blocks still run in one wave (slots(c): how many of them the GPU holds at once
@@ -83,10 +90,9 @@ inline int64_t rank_positions(int64_t line_length, int cluster) {
 template <class Slots>
 cudaError_t line_cluster(int requested, const DeviceInfo& dev, int64_t blocks, int64_t line_length,
                          int64_t min_positions, Slots slots, int* csize, int smallest = 1) {
-  int c = requested;
-  if (c > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
-  if (c <= 0) {
-    c = dev.cluster_launch ? smallest : 1;
+  if (requested > 1 && !dev.cluster_launch) return cudaErrorNotSupported;
+  int c = smallest_line_cluster(requested, dev, smallest);
+  if (requested <= 0) {
     while (dev.cluster_launch && c < 8 && c * 2 * min_positions <= line_length &&
            blocks * c * 2 <= slots(c * 2)) {
       c *= 2;
