@@ -196,6 +196,13 @@ constexpr int split_n_min_blocks(bool float32, int beta, long long positions) {
   return split_n_has_two_block_kernel(float32, beta) && positions > kSplitNLongLine ? 2 : 3;
 }
 
+// Thread blocks a multiprocessor that split n's kernel for lines of one block (two regions of
+// shared memory) is built for: float32 at block size 64 takes 112 KiB a thread block, so two;
+// the others fit three.
+constexpr int split_n_one_block_min_blocks(bool float32, int beta) {
+  return float32 && beta == 64 ? 2 : 3;
+}
+
 // The smallest cluster that float32 split n at block size 64 takes where the caller asks for
 // none: lines of more than kSplitNLongLine blocks in clusters of two or more, whose thread blocks
 // each walk half the line or less on the kernel of three thread blocks a multiprocessor

@@ -104,6 +104,13 @@ __device__ __forceinline__ uint64_t wgmma_descriptor(unsigned addr, unsigned lea
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
+// Pins the accumulators' values in their registers at this point of the thread's instructions:
+// the compiler may not move a write of them (such as their zeroing) past the wgmma_fence after
+// this, nor a read of them before the wgmma_wait before this.
+__device__ __forceinline__ void wgmma_fence_operand(float (&acc)[32]) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+}
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }

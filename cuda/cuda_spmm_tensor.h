@@ -432,6 +432,11 @@ __device__ __forceinline__ void multiply_split_block(const float* tile, const fl
   };
 #if defined(JAXCSB_WGMMA)
   const unsigned big = smem_addr(tile), small = big + Tile::kBytes / 2;
+  auto m_tile_sums = [&](int j) -> float (&)[32] {
+    return reinterpret_cast<float (&)[32]>(acc[2 * j]);  // M-tile j's 32 accumulators a thread
+  };
+#pragma unroll
+  for (int j = 0; j < kMTiles; ++j) wgmma_fence_operand(m_tile_sums(j));
 #pragma unroll
   for (int k0 = 0; k0 < S::kBeta; k0 += 8) {
     uint32_t a_big[kMTiles][4], a_small[kMTiles][4];
@@ -442,8 +447,7 @@ __device__ __forceinline__ void multiply_split_block(const float* tile, const fl
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < kMTiles; ++j) {
-      // M-tile j's 32 accumulators a thread: acc[2 j] and acc[2 j + 1].
-      float (&sums)[32] = reinterpret_cast<float (&)[32]>(acc[2 * j]);
+      float (&sums)[32] = m_tile_sums(j);
       wgmma_64x64x8_tf32(sums, a_big[j], b_small);  // the small terms first, as mma_16x8x8_3xtf32
       wgmma_64x64x8_tf32(sums, a_small[j], b_big);
       wgmma_64x64x8_tf32(sums, a_big[j], b_big);
@@ -453,6 +457,8 @@ __device__ __forceinline__ void multiply_split_block(const float* tile, const fl
     wgmma_wait<1>();
   }
   wgmma_wait<0>();
+#pragma unroll
+  for (int j = 0; j < kMTiles; ++j) wgmma_fence_operand(m_tile_sums(j));
 #else
   const uint32_t* parts = reinterpret_cast<const uint32_t*>(tile);
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -650,12 +656,15 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, S::kMinBlocks)
 // Warps that split n instead of the line's blocks (split_n_kernel): the thread block's
 // kTensorMaxWarps warps share each expanded block, each warp with its own kTile columns of n, so
 // a block is expanded once for all of them and no warp adds another's partial tile. Shared
-// memory: the expanded block, then the warps' slices of D or (reusing their space) the thread
-// block's float32 partial tile, kWidth columns wide. The block outlives the tile, so a thread
-// block on a line of one CSB block expands it once for all the tiles of n that it walks.
-template <class S>
+// memory: the expanded block, then kBuffers regions, each holding the warps' slices of D or
+// (reusing their space once a tile's last multiply is done) the thread block's float32 partial
+// tile, kWidth columns wide. The block outlives the tile, so a thread block on a line of one CSB
+// block expands it once for all the tiles of n that it walks; with two regions, it copies each
+// tile's slices while it multiplies and writes the tile before (split_n_one_block_tiles).
+template <class S, int kBuffers_ = 1>
 struct SplitNShape {
   static constexpr int kWarps = kTensorMaxWarps;
+  static constexpr int kBuffers = kBuffers_;
   static constexpr int kWidth = kWarps * S::kTile;
   static constexpr int kPartStride = kWidth + 4;
   // Float32 blocks of 64 are expanded split into TF32 parts, for multiply_split_block; the others
@@ -666,10 +675,13 @@ struct SplitNShape {
   static constexpr size_t kTileBytes = Tile::kBytes;
   static constexpr size_t kSlicesBytes = size_t{kWarps} * S::kSliceBytes;
   static constexpr size_t kPartBytes = size_t{S::kBeta} * kPartStride * 4;
-  static constexpr size_t kBytes = kTileBytes + std::max(kPartBytes, kSlicesBytes);
+  static constexpr size_t kRegionBytes = std::max(kPartBytes, kSlicesBytes);
+  static constexpr size_t kBytes = kTileBytes + kBuffers * kRegionBytes;
 
+  static_assert(kBuffers == 1 || kBuffers == 2, "one region, or two that alternate");
   static_assert(S::kTile == S::kPartWidth, "a lane per column of the tile in the exact path");
-  static_assert(kTileBytes % 16 == 0 && S::kSliceBytes % 16 == 0, "16-byte aligned regions");
+  static_assert(kTileBytes % 16 == 0 && kRegionBytes % 16 == 0 && S::kSliceBytes % 16 == 0,
+                "16-byte aligned regions");
 };
 
 // The slow path for non-finite sums of split_n_kernel: the warp's columns [n0, n0 + kTile) of
@@ -760,28 +772,73 @@ __device__ __forceinline__ void write_warp_tile(const LineParams& p,
   __syncwarp();  // the next tile's slice overwrites the staged sums
 }
 
-template <typename T, class S, bool kTranspose, bool kBatchLeading, int kMinBlocks>
-__global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
-    split_n_kernel(const LineParams p) {
-  using N = SplitNShape<S>;
-  using Tile = typename N::Tile;
-  constexpr int kBeta = S::kBeta;
-  extern __shared__ __align__(16) unsigned char smem_b[];
-  const int warp = threadIdx.x / 32;
-  T* a = reinterpret_cast<T*>(smem_b);
-  T* slice = reinterpret_cast<T*>(smem_b + N::kTileBytes + warp * S::kSliceBytes);
-  float* part = reinterpret_cast<float*>(smem_b + N::kTileBytes);  // after the line's last multiply
-
-  const auto [line, pos_begin, pos_end] = line_part(p);
-  if (line >= p.num_lines) return;  // uniform over the cluster
-  const T* values = static_cast<const T*>(p.values);
-  const auto [vec, vec_nonzeros] = vector_loads<T, kBatchLeading>(p);
-
-  if (blockIdx.y == 0) {
-    prefetch_blocks(p, values, line, kTranspose, /*parts=*/1, pos_begin + warp, pos_end, N::kWarps);
+// acc += the expanded block times the warp's slice of D (a warp past n, `active` false,
+// multiplies nothing, but takes part in the split tile's warpgroup products).
+template <typename T, class N, bool kBatchLeading, class S>
+__device__ __forceinline__ void multiply_split_n(const T* a, const T* slice, bool active,
+                                                 float (&acc)[S::kStrips][S::kNTiles][4]) {
+  if constexpr (N::kSplitTile) {
+    multiply_split_block<S, kBatchLeading>(a, slice, active, acc);
+  } else if (active) {
+    multiply_tile<T, S, kBatchLeading>(a, slice, acc);
   }
+}
 
-  // A block that is the thread block's only position stays expanded from its first tile on.
+// The end of split_n_kernel's tile of n at group0, the thread block's positions [pos_begin,
+// pos_end) of the line multiplied: alone on its line, with finite sums everywhere, each warp
+// writes its own sums through its `slice` and goes on at once; else the thread block adds them
+// (or, where any is not finite, their exact sums) in the partial tile at `part`, which reuses
+// the space of the tile's slices.
+template <typename T, class S, class N, bool kTranspose, bool kBatchLeading>
+__device__ __forceinline__ void finish_split_n_tile(const LineParams& p,
+                                                    const float (&acc)[S::kStrips][S::kNTiles][4],
+                                                    T* slice, float* part, int64_t line,
+                                                    int64_t pos_begin, int64_t pos_end,
+                                                    int64_t group0) {
+  const int warp = threadIdx.x / 32;
+  const int64_t n0 = group0 + warp * S::kTile;
+  const bool finite = warp_sums_finite<S>(acc);
+  const bool all_finite = !__syncthreads_or(!finite);
+  if (p.cluster == 1 && all_finite) {
+    write_warp_tile<T, S, kBatchLeading, N::kSplitTile>(p, acc, slice, line, n0);
+    return;
+  }
+  float* mine = part + warp * S::kTile;
+  if (finite) {
+    store_warp_sums<S, N::kSplitTile>(acc, mine, N::kPartStride);
+  } else {
+    split_n_exact<T, S, kTranspose, kBatchLeading>(p, line, pos_begin, pos_end, n0, mine,
+                                                   N::kPartStride);
+  }
+  write_line_tile<T, S::kBeta, N::kWidth, N::kPartStride, kBatchLeading>(p, part, line, group0);
+}
+
+// Expands the line's block at position `pos` (nonzeros [e0, e1)) into `a`, by the thread block.
+template <typename T, class S, class N, bool kTranspose>
+__device__ __forceinline__ void expand_split_n_block(const LineParams& p, int e0, int e1,
+                                                     bool vec_nonzeros, T* a) {
+  using Tile = typename N::Tile;
+  const T* values = static_cast<const T*>(p.values);
+  zero_block<T, S, BlockGroup, N::kTileBytes>(a);
+  __syncthreads();
+  const bool repeats = scatter_block<T, S, kTranspose, BlockGroup, Tile>(p.local, values, e0, e1,
+                                                                         p.nnz, vec_nonzeros, a);
+  finish_block<T, S, kTranspose, BlockGroup, Tile>(repeats, p.local, values, e0, e1, a);
+}
+
+// split_n_kernel's tiles of n over the thread block's positions [pos_begin, pos_end) of the
+// line, one region of shared memory: each position's slices are copied while its block is
+// expanded. A block that is the thread block's only position stays expanded from its first tile
+// on.
+template <typename T, class S, class N, bool kTranspose, bool kBatchLeading>
+__device__ __forceinline__ void split_n_line_tiles(const LineParams& p, unsigned char* smem,
+                                                   int64_t line, int64_t pos_begin, int64_t pos_end,
+                                                   VectorLoads vec) {
+  const int warp = threadIdx.x / 32;
+  T* a = reinterpret_cast<T*>(smem);
+  T* slice = reinterpret_cast<T*>(smem + N::kTileBytes + warp * S::kSliceBytes);
+  float* part = reinterpret_cast<float*>(smem + N::kTileBytes);
+  const T* values = static_cast<const T*>(p.values);
   const bool one_block = pos_end - pos_begin == 1;
   for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y) {
     const bool expand = !one_block || t == blockIdx.y;
@@ -799,45 +856,93 @@ __global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
         prefetch_nonzeros<T, BlockGroup>(p.local, values, f0, f1);
       }
       if (e0 < e1) {  // uniform over the thread block
-        if (active) copy_slice<T, S, kBatchLeading>(p, slice, int64_t{pos} * kBeta, n0, vec);
-        if (expand) {
-          zero_block<T, S, BlockGroup, N::kTileBytes>(a);
-          __syncthreads();
-          const bool repeats = scatter_block<T, S, kTranspose, BlockGroup, Tile>(
-              p.local, values, e0, e1, p.nnz, vec_nonzeros, a);
-          finish_block<T, S, kTranspose, BlockGroup, Tile>(repeats, p.local, values, e0, e1, a);
-        }
+        if (active)
+          copy_slice<T, S, kBatchLeading>(p, slice, int64_t{pos} * S::kBeta, n0, vec.dense);
+        if (expand) expand_split_n_block<T, S, N, kTranspose>(p, e0, e1, vec.nonzeros, a);
         cp_async_wait_all();
         __syncwarp();
-        if constexpr (N::kSplitTile) {
-          multiply_split_block<S, kBatchLeading>(a, slice, active, acc);
-        } else if (active) {
-          multiply_tile<T, S, kBatchLeading>(a, slice, acc);
-        }
+        multiply_split_n<T, N, kBatchLeading, S>(a, slice, active, acc);
         // The next position rewrites the block and the slices; after the last one, the barrier
-        // below frees them.
+        // of finish_split_n_tile frees them.
         if (pos + 1 < pos_end) __syncthreads();
       }
       e0 = f0;
       e1 = f1;
     }
-    const bool finite = warp_sums_finite<S>(acc);
-    const bool all_finite = !__syncthreads_or(!finite);
-    // Alone on its line, with finite sums everywhere, each warp writes its own sums and goes on
-    // to its next tile at once.
-    if (p.cluster == 1 && all_finite) {
-      write_warp_tile<T, S, kBatchLeading, N::kSplitTile>(p, acc, slice, line, n0);
-      continue;
+    finish_split_n_tile<T, S, N, kTranspose, kBatchLeading>(p, acc, slice, part, line, pos_begin,
+                                                            pos_end, group0);
+  }
+}
+
+// split_n_kernel's tiles of n on a line of one block (at `pos`, the thread block's only
+// position), two regions of shared memory: the block is expanded once, and each tile's slices
+// are copied into one region while the tile before is multiplied and written from the other.
+// Where the block is all the work there is to hide the copies behind, a thread block with one
+// region waits on each tile's copy and then on its multiply, in turn: rn50's 64 x 576 layer at
+// density 0.2, transposed, N = 100352, float32, took 150 us with DRAM at 47% of its peak, and
+// takes 129 us at 54% with two regions, though they leave two thread blocks a multiprocessor
+// instead of three.
+template <typename T, class S, class N, bool kTranspose, bool kBatchLeading>
+__device__ __forceinline__ void split_n_one_block_tiles(const LineParams& p, unsigned char* smem,
+                                                        int64_t line, int64_t pos, int64_t pos_end,
+                                                        VectorLoads vec) {
+  static_assert(N::kBuffers == 2, "a region for the copies, one for the multiply");
+  const int warp = threadIdx.x / 32;
+  T* a = reinterpret_cast<T*>(smem);
+  unsigned char* regions = smem + N::kTileBytes;
+  auto slice = [&](int b) {
+    return reinterpret_cast<T*>(regions + b * N::kRegionBytes + warp * S::kSliceBytes);
+  };
+  // Every call commits a group of copies, empty past n, so that waiting for all but the newest
+  // group waits for the tile about to be multiplied.
+  auto copy = [&](int64_t t, int b) {
+    const int64_t n0 = t * N::kWidth + warp * S::kTile;
+    if (t < p.num_tiles && n0 < p.n) {
+      copy_slice<T, S, kBatchLeading>(p, slice(b), pos * S::kBeta, n0, vec.dense);
     }
-    // The partial tile reuses the slices' space, which the last barrier freed.
-    float* mine = part + warp * S::kTile;
-    if (finite) {
-      store_warp_sums<S, N::kSplitTile>(acc, mine, N::kPartStride);
-    } else {
-      split_n_exact<T, S, kTranspose, kBatchLeading>(p, line, pos_begin, pos_end, n0, mine,
-                                                     N::kPartStride);
+    cp_async_commit();
+  };
+  copy(blockIdx.y, 0);
+  int e0 = 0, e1 = 0;  // none where the cluster gives this thread block no position
+  if (pos < pos_end) {
+    block_range(p.block_ptr, line_block(p, line, pos, kTranspose), p.nnz, &e0, &e1);
+  }
+  if (e0 < e1) expand_split_n_block<T, S, N, kTranspose>(p, e0, e1, vec.nonzeros, a);
+  int b = 0;
+  for (int64_t t = blockIdx.y; t < p.num_tiles; t += gridDim.y, b ^= 1) {
+    copy(t + gridDim.y, b ^ 1);
+    cp_async_wait<1>();
+    __syncwarp();
+    const int64_t group0 = t * N::kWidth;
+    float acc[S::kStrips][S::kNTiles][4] = {};
+    if (e0 < e1) {
+      multiply_split_n<T, N, kBatchLeading, S>(a, slice(b), group0 + warp * S::kTile < p.n, acc);
     }
-    write_line_tile<T, kBeta, N::kWidth, N::kPartStride, kBatchLeading>(p, part, line, group0);
+    finish_split_n_tile<T, S, N, kTranspose, kBatchLeading>(
+        p, acc, slice(b), reinterpret_cast<float*>(regions + b * N::kRegionBytes), line, pos,
+        pos_end, group0);
+  }
+}
+
+template <typename T, class S, bool kTranspose, bool kBatchLeading, int kMinBlocks, int kBuffers>
+__global__ void __launch_bounds__(32 * kTensorMaxWarps, kMinBlocks)
+    split_n_kernel(const LineParams p) {
+  using N = SplitNShape<S, kBuffers>;
+  extern __shared__ __align__(16) unsigned char smem_b[];
+  const auto [line, pos_begin, pos_end] = line_part(p);
+  if (line >= p.num_lines) return;  // uniform over the cluster
+  const VectorLoads vec = vector_loads<T, kBatchLeading>(p);
+  if (blockIdx.y == 0) {
+    const int warp = threadIdx.x / 32;
+    prefetch_blocks(p, static_cast<const T*>(p.values), line, kTranspose, /*parts=*/1,
+                    pos_begin + warp, pos_end, N::kWarps);
+  }
+  if constexpr (kBuffers == 2) {
+    split_n_one_block_tiles<T, S, N, kTranspose, kBatchLeading>(p, smem_b, line, pos_begin, pos_end,
+                                                                vec);
+  } else {
+    split_n_line_tiles<T, S, N, kTranspose, kBatchLeading>(p, smem_b, line, pos_begin, pos_end,
+                                                           vec);
   }
 }
 
@@ -856,11 +961,10 @@ constexpr WarpLaunch family() {
           /*slots=*/SlotCount::kClustered};
 }
 
-// The launch shape of split_n_kernel of shape S: every thread block has all its warps, and a
-// tile of n as wide as they are together.
-template <class S>
+// The launch shape of split_n_kernel of shape N (a SplitNShape): every thread block has all its
+// warps, and a tile of n as wide as they are together.
+template <class N>
 constexpr WarpLaunch split_n_family() {
-  using N = SplitNShape<S>;
   return {/*tile=*/N::kWidth,
           /*units_per_block=*/1,
           /*units_per_warp=*/1,
@@ -879,24 +983,30 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
   constexpr bool kFloat32 = std::is_same_v<T, float>;
   LineParams p{};
   set_line_params(a, &p);
-  WarpLaunch family = split_n_family<S>();
-  family.smallest_cluster = split_n_smallest_cluster(kFloat32, kBeta, p.line_length);
-  const auto run = [&](auto min_blocks) {
-    constexpr int kMinBlocks = decltype(min_blocks)::value;
-    return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading, kMinBlocks>>(
+  const auto run = [&](auto min_blocks, auto buffers, WarpLaunch family) {
+    constexpr int kMinBlocks = decltype(min_blocks)::value, kBuffers = decltype(buffers)::value;
+    return launch_warp_lines<split_n_kernel<T, S, kTranspose, kBatchLeading, kMinBlocks, kBuffers>>(
         p, family, dev, stream, options);
   };
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Three = std::integral_constant<int, 3>;
+  // Lines of one block, each thread block alone on its line: two regions of shared memory.
+  if (p.line_length == 1 && options.cluster <= 1) {
+    using MinBlocks = std::integral_constant<int, split_n_one_block_min_blocks(kFloat32, kBeta)>;
+    return run(MinBlocks{}, Two{}, split_n_family<SplitNShape<S, 2>>());
+  }
+  WarpLaunch family = split_n_family<SplitNShape<S>>();
+  family.smallest_cluster = split_n_smallest_cluster(kFloat32, kBeta, p.line_length);
   // The kernel for two thread blocks a multiprocessor is built only where the rule can ask for it.
   if constexpr (split_n_has_two_block_kernel(kFloat32, kBeta)) {
     // The most positions that a thread block walks: a larger cluster of the launch's own choice
     // gives it fewer.
     const int cluster = smallest_line_cluster(options.cluster, dev, family.smallest_cluster);
     const int64_t positions = rank_positions(p.line_length, cluster);
-    if (split_n_min_blocks(kFloat32, kBeta, positions) == 2) {
-      return run(std::integral_constant<int, 2>{});
-    }
+    if (split_n_min_blocks(kFloat32, kBeta, positions) == 2) return run(Two{}, One{}, family);
   }
-  return run(std::integral_constant<int, 3>{});
+  return run(Three{}, One{}, family);
 }
 
 template <typename T, int kBeta, int kTile, bool kTranspose, bool kBatchLeading>

@@ -594,10 +594,17 @@ int run_check(int level, const DeviceInfo& dev) {
           check_spmm(walked_cases[0], t, 40000, tr, false, {0, SpmmKernel::kWide}, rng, dev);
         }
         // The tensor cores' thread blocks walk several tiles of n on such lines where the lines
-        // times the tiles overfill one wave, expanding their block once.
+        // times the tiles overfill one wave, expanding their block once and copying each tile's
+        // slices while they multiply the tile before; in clusters of two (forced), they do not.
         if (beta == 64) {
           for (int i : {0, 2}) {
-            check_spmm(walked_cases[i], t, 40000, tr, tr, {0, SpmmKernel::kTensorSplitN}, rng, dev);
+            for (int bl = 0; bl < 2; ++bl) {
+              for (int cluster : {0, 2}) {
+                if (cluster > 1 && (tiny || !dev.cluster_launch)) continue;
+                check_spmm(walked_cases[i], t, 40000, tr, bl, {cluster, SpmmKernel::kTensorSplitN},
+                           rng, dev);
+              }
+            }
           }
         }
       }
