@@ -113,15 +113,17 @@ constexpr bool narrow_n_supported(int beta) { return beta <= kNarrowMaxBeta; }
 // Forward: n <= 64 at density <= 0.11 (about 90% sparsity and sparser), else n x density <= 4.
 // Transposed: n <= 16 at n x density <= 4, n <= 32 at n x density <= 2.
 // From n = 8 on, the walk's warps each own whole blocks (or bands of their rows), so a product of
-// fewer than kNarrowMinBlocks CSB blocks keeps too few of them busy, and the wide kernel takes
-// it: float32 1000 x 2048 at beta 128 (128 blocks), densities 0.05 and 0.1, n = 8-64, took
-// 0.95-1.41x the wide kernel's time forward (0.030 against 0.022 ms at density 0.1, n = 16-32)
-// and 1.0-1.41x transposed; on 256 blocks (4096 x 1024 and 1024 x 4096) 0.57-1.05x.
+// fewer than kNarrowMinBlocks CSB blocks keeps too few of them busy, and in the feature-major
+// layout the wide kernel takes it: float32 1000 x 2048 at beta 128 (128 blocks), densities 0.05
+// and 0.1, n = 8-64, took 0.95-1.41x the wide kernel's time forward (0.030 against 0.022 ms at
+// density 0.1, n = 16-32) and 1.0-1.41x transposed; on 256 blocks (4096 x 1024 and 1024 x 4096)
+// 0.57-1.05x. The wide kernel's batch-leading walk is slower: there the narrow one took 0.82-1.16x
+// its time on 128 blocks (1.14-1.22x on rn50's final dense layer at 95%, n = 32, in the wide one).
 constexpr long long kNarrowMinBlocks = 192;
 constexpr bool narrow_n_preferred(long long n, int beta, double density, bool transpose,
-                                  long long blocks) {
+                                  bool batch_leading, long long blocks) {
   if (!narrow_n_supported(beta)) return false;
-  if (n >= 8 && blocks < kNarrowMinBlocks) return false;
+  if (!batch_leading && n >= 8 && blocks < kNarrowMinBlocks) return false;
   if (transpose) return n <= 16 ? n * density <= 4.0 : n <= 32 && n * density <= 2.0;
   return n <= 64 && (density <= 0.11 || n * density <= 4.0);
 }
@@ -321,7 +323,9 @@ constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density
                                                                     : SpmmKernel::kTensor;
   }
   const long long blocks = line_length * ((out_rows + beta - 1) / beta);
-  if (narrow_n_preferred(n, beta, density, transpose, blocks)) return SpmmKernel::kNarrow;
+  if (narrow_n_preferred(n, beta, density, transpose, batch_leading, blocks)) {
+    return SpmmKernel::kNarrow;
+  }
   return SpmmKernel::kWide;
 }
 
