@@ -856,8 +856,9 @@ __device__ __forceinline__ void split_n_line_tiles(const LineParams& p, unsigned
         prefetch_nonzeros<T, BlockGroup>(p.local, values, f0, f1);
       }
       if (e0 < e1) {  // uniform over the thread block
-        if (active)
+        if (active) {
           copy_slice<T, S, kBatchLeading>(p, slice, int64_t{pos} * S::kBeta, n0, vec.dense);
+        }
         if (expand) expand_split_n_block<T, S, N, kTranspose>(p, e0, e1, vec.nonzeros, a);
         cp_async_wait_all();
         __syncwarp();
