@@ -11,6 +11,7 @@
 #             PYTEST_WORKERS (default 4) processes when pytest-xdist is installed
 #   check     kernel_check check: every kernel variant against a float64 reference (check.log)
 #   sanitize  compute-sanitizer memcheck, racecheck, initcheck, synccheck over the small check
+#             (GPU_CHECK_SANITIZERS selects a subset: racecheck alone takes ~8 minutes on an H100)
 #   bench     kernel_check bench (CUDA events) and tools/gpu_bench_kernels.py (jaxcsb through
 #             JAX beside torch.sparse CSR and dense), with determinism checks (bench*.log)
 # KERNEL_CHECK_BIN=path uses a prebuilt kernel_check instead of building one. The exit status is
@@ -92,7 +93,7 @@ fi
 
 if has sanitize; then
   CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-  for tool in memcheck racecheck initcheck synccheck; do
+  for tool in ${GPU_CHECK_SANITIZERS:-memcheck racecheck initcheck synccheck}; do
     mode=quick
     [ "$tool" != memcheck ] && mode=tiny
     step "$tool" "sanitize_$tool.log" "$CS" --tool "$tool" --error-exitcode 3 "$KC" check "$mode"
