@@ -206,11 +206,14 @@ constexpr int split_n_min_blocks(bool float32, int beta, long long positions) {
   return split_n_has_two_block_kernel(float32, beta) && positions > kSplitNLongLine ? 2 : 3;
 }
 
+// Shared memory of an H100's multiprocessor, which its thread blocks share, and the part of it
+// that the runtime reserves for each thread block.
+constexpr size_t kSmemPerSm = 228 * 1024, kSmemReservedPerBlock = 1024;
 // Thread blocks a multiprocessor that split n's kernel for lines of one block (two regions of
-// shared memory) is built for: float32 at block size 64 takes 112 KiB a thread block, so two;
-// the others fit three.
-constexpr int split_n_one_block_min_blocks(bool float32, int beta) {
-  return float32 && beta == 64 ? 2 : 3;
+// shared memory, `bytes` a thread block) is built for: as many as the shared memory holds, at
+// most the three that the registers allow. Float32 at block size 64 takes 112 KiB, so two.
+constexpr int split_n_one_block_min_blocks(size_t bytes) {
+  return static_cast<int>(std::min<size_t>(3, kSmemPerSm / (bytes + kSmemReservedPerBlock)));
 }
 
 // The smallest cluster that float32 split n at block size 64 takes where the caller asks for
@@ -308,10 +311,11 @@ constexpr bool spmm_kernel_serves(SpmmKernel kernel, int beta, bool float32) {
 }
 
 // The kernel family that serves a product by default (line_length: the positions of a line of
-// the product's direction; out_rows: its output rows).
+// the product's direction; out_rows: its output rows; blocks: the CSB blocks of the matrix).
 constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density, bool transpose,
                                            bool half_precision, bool batch_leading,
-                                           long long line_length, long long out_rows) {
+                                           long long line_length, long long out_rows,
+                                           long long blocks) {
   // The slab first: of the other families' rules only the tensor cores' batch-leading line
   // takes float32 products at the densities of the slab, and the slab runs them faster.
   if (!half_precision && slab_preferred(n, beta, density, out_rows, line_length * beta)) {
@@ -322,7 +326,6 @@ constexpr SpmmKernel preferred_spmm_kernel(long long n, int beta, double density
     return tensor_split_n_preferred(n, line_length, half_precision) ? SpmmKernel::kTensorSplitN
                                                                     : SpmmKernel::kTensor;
   }
-  const long long blocks = line_length * ((out_rows + beta - 1) / beta);
   if (narrow_n_preferred(n, beta, density, transpose, batch_leading, blocks)) {
     return SpmmKernel::kNarrow;
   }
@@ -334,7 +337,7 @@ inline SpmmKernel spmm_kernel_for(const SpmmArgs& a, const SpmmOptions& options)
   if (options.kernel != SpmmKernel::kAuto) return options.kernel;
   return preferred_spmm_kernel(a.n, a.shape.block_size, density(a.shape, a.nnz), a.shape.transpose,
                                a.dtype != DType::kF32, a.batch_leading, a.shape.line_length(),
-                               a.shape.out_dim());
+                               a.shape.out_dim(), a.shape.num_blocks());
 }
 
 // The family that runs it with the workspace that `a` holds: the heuristic's slab pick needs

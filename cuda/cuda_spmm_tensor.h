@@ -994,8 +994,9 @@ cudaError_t launch_split_n(const SpmmArgs& a, const DeviceInfo& dev, cudaStream_
   using Three = std::integral_constant<int, 3>;
   // Lines of one block, each thread block alone on its line: two regions of shared memory.
   if (p.line_length == 1 && options.cluster <= 1) {
-    using MinBlocks = std::integral_constant<int, split_n_one_block_min_blocks(kFloat32, kBeta)>;
-    return run(MinBlocks{}, Two{}, split_n_family<SplitNShape<S, 2>>());
+    using N = SplitNShape<S, 2>;
+    using MinBlocks = std::integral_constant<int, split_n_one_block_min_blocks(N::kBytes)>;
+    return run(MinBlocks{}, Two{}, split_n_family<N>());
   }
   WarpLaunch family = split_n_family<SplitNShape<S>>();
   family.smallest_cluster = split_n_smallest_cluster(kFloat32, kBeta, p.line_length);

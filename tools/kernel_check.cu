@@ -386,7 +386,7 @@ std::vector<SpmmKernel> kernels_for(const HostCsb& m, DType t, int64_t n, bool t
   const double dens = density(s, static_cast<int64_t>(m.values.size()));
   const SpmmKernel preferred =
       preferred_spmm_kernel(n, s.block_size, dens, transpose, t != DType::kF32, batch_leading,
-                            s.line_length(), s.out_dim());
+                            s.line_length(), s.out_dim(), s.num_blocks());
   std::vector<SpmmKernel> kernels{SpmmKernel::kAuto};
   for (SpmmKernel k : kFamilies) {
     if (k != preferred && serves(k, m, t)) kernels.push_back(k);
